@@ -1,0 +1,211 @@
+//! Backend selection for `nag`.
+//!
+//! The rest of the workspace is generic over `B: Backend`; this crate is the one place that names
+//! concrete backends. Which ones exist is decided by cargo features:
+//!
+//! | feature           | backend                        | device strings        |
+//! |-------------------|--------------------------------|-----------------------|
+//! | `ndarray` (default) | `burn-ndarray`, rayon + SIMD | `cpu`                 |
+//! | `openblas-system` | the same, matmul through system OpenBLAS | `cpu`       |
+//! | `flex`            | `burn-flex` (pure-Rust gemm)   | `flex`                |
+//! | `cuda`            | `burn-cuda` (CubeCL + fusion)  | `cuda`, `cuda:N`      |
+//!
+//! A run picks its backend at run time from a device string ([`DeviceSpec::parse`]), and
+//! [`dispatch`] monomorphises the caller's generic code for that backend. A device whose backend
+//! was not compiled in is a clear error naming the feature to enable.
+
+use core::fmt;
+use core::str::FromStr;
+
+pub use burn;
+use burn::tensor::backend::AutodiffBackend;
+
+/// The ndarray CPU backend (f32).
+#[cfg(feature = "ndarray")]
+pub type NdArray = burn_ndarray::NdArray<f32>;
+/// The flex CPU backend.
+#[cfg(feature = "flex")]
+pub type Flex = burn_flex::Flex;
+/// The CUDA backend (f32 floats, i32 ints, fused kernels).
+#[cfg(feature = "cuda")]
+pub type Cuda = burn_cuda::Cuda<f32, i32>;
+
+/// Autodiff wrapper used for training on backend `B`.
+pub type Autodiff<B> = burn_autodiff::Autodiff<B>;
+
+/// The inference backend of the default CPU build, for tests and small tools.
+#[cfg(feature = "ndarray")]
+pub type DefaultCpu = NdArray;
+
+/// Errors from backend selection.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BackendError {
+    /// The string does not name a device.
+    #[error("unknown device '{0}': expected 'cpu', 'flex', 'cuda' or 'cuda:N'")]
+    UnknownDevice(String),
+    /// The device's backend was left out of this build.
+    #[error("device '{device}' needs the {backend} backend, which this binary was built without; rebuild with that feature: `cargo run --release -p xtask --features {feature} -- …`")]
+    NotCompiled {
+        /// The device string as given.
+        device: String,
+        /// Backend name.
+        backend: &'static str,
+        /// Cargo feature that enables it.
+        feature: &'static str,
+    },
+}
+
+/// A device named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The ndarray CPU backend.
+    Cpu,
+    /// The flex CPU backend.
+    Flex,
+    /// CUDA GPU with this ordinal.
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    /// Parses `cpu`, `flex`, `cuda` (= `cuda:0`) or `cuda:N`, and checks that the backend for
+    /// it is compiled into this binary.
+    pub fn parse(s: &str) -> Result<Self, BackendError> {
+        let spec = Self::parse_name(s)?;
+        spec.ensure_compiled(s)?;
+        Ok(spec)
+    }
+
+    fn parse_name(s: &str) -> Result<Self, BackendError> {
+        let lower = s.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "cpu" | "ndarray" => Ok(Self::Cpu),
+            "flex" => Ok(Self::Flex),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            other => match other.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse::<usize>()
+                    .map(Self::Cuda)
+                    .map_err(|_| BackendError::UnknownDevice(s.to_string())),
+                None => Err(BackendError::UnknownDevice(s.to_string())),
+            },
+        }
+    }
+
+    fn ensure_compiled(self, s: &str) -> Result<(), BackendError> {
+        let (compiled, backend, feature) = match self {
+            Self::Cpu => (cfg!(feature = "ndarray"), "ndarray", "ndarray"),
+            Self::Flex => (cfg!(feature = "flex"), "flex", "flex"),
+            Self::Cuda(_) => (cfg!(feature = "cuda"), "CUDA", "cuda"),
+        };
+        if compiled {
+            Ok(())
+        } else {
+            Err(BackendError::NotCompiled {
+                device: s.to_string(),
+                backend,
+                feature,
+            })
+        }
+    }
+
+    /// The device strings this build accepts.
+    pub fn available() -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if cfg!(feature = "ndarray") {
+            v.push("cpu");
+        }
+        if cfg!(feature = "flex") {
+            v.push("flex");
+        }
+        if cfg!(feature = "cuda") {
+            v.push("cuda:N");
+        }
+        v
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Flex => write!(f, "flex"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Work that is generic over the backend. `B` is the autodiff (training) backend; inference code
+/// uses `B::InnerBackend`.
+pub trait BackendTask {
+    /// What the task returns.
+    type Output;
+    /// Runs the task on backend `B` and `device`.
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Runs `task` on the backend and device that `spec` names.
+pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, BackendError> {
+    spec.ensure_compiled(&spec.to_string())?;
+    match spec {
+        #[cfg(feature = "ndarray")]
+        DeviceSpec::Cpu => Ok(task.run::<Autodiff<NdArray>>(burn_ndarray::NdArrayDevice::Cpu)),
+        #[cfg(feature = "flex")]
+        DeviceSpec::Flex => Ok(task.run::<Autodiff<Flex>>(burn_flex::FlexDevice)),
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(n) => Ok(task.run::<Autodiff<Cuda>>(burn_cuda::CudaDevice::new(n))),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("ensure_compiled rejects backends that are not compiled in"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_strings() {
+        assert_eq!(DeviceSpec::parse_name("cpu"), Ok(DeviceSpec::Cpu));
+        assert_eq!(DeviceSpec::parse_name(" CUDA:3 "), Ok(DeviceSpec::Cuda(3)));
+        assert_eq!(DeviceSpec::parse_name("cuda"), Ok(DeviceSpec::Cuda(0)));
+        assert!(matches!(
+            DeviceSpec::parse_name("tpu"),
+            Err(BackendError::UnknownDevice(_))
+        ));
+        assert!(matches!(
+            DeviceSpec::parse_name("cuda:x"),
+            Err(BackendError::UnknownDevice(_))
+        ));
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn missing_backend_names_the_feature() {
+        let err = DeviceSpec::parse("cuda:0").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("--features cuda"), "{msg}");
+    }
+
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn dispatch_runs_on_cpu() {
+        struct Sum;
+        impl BackendTask for Sum {
+            type Output = f32;
+            fn run<B: AutodiffBackend>(self, device: B::Device) -> f32 {
+                let t = burn::tensor::Tensor::<B::InnerBackend, 1>::from_floats(
+                    [1.0, 2.0, 3.5],
+                    &device,
+                );
+                burn::tensor::ElementConversion::elem::<f32>(t.sum().into_scalar())
+            }
+        }
+        assert_eq!(dispatch(DeviceSpec::Cpu, Sum).unwrap(), 6.5);
+    }
+}
