@@ -25,7 +25,7 @@ pub fn first_order<S: NoiseSchedule + ?Sized>(s: &S, tau: f64, sigma_e: f64) -> 
     check_args(tau, sigma_e)?;
     let sigma = s.sigma(tau);
     let d_sigma = s.d_sigma(tau);
-    if !(d_sigma.is_finite() && d_sigma > 0.0) {
+    if !(d_sigma.is_finite() && d_sigma > 1e-9) {
         return Err(Error::NoSolution(alloc::format!(
             "σ'(τ) = {d_sigma} at τ = {tau}: first-order shift undefined"
         )));
