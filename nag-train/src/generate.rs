@@ -1,0 +1,181 @@
+//! Sampling a trained model end to end: pick the sampler, wrap the model with its guidance,
+//! draw the starting noise from a seed, run. Used by `cargo xtask sample` and the analyses.
+
+use std::path::Path;
+
+use burn::tensor::{backend::Backend, Tensor};
+use nag_core::ddpm::DdpmSchedule;
+use nag_core::guidance::Guidance;
+use nag_core::schedule::Schedule;
+use nag_models::dit::{Dit, DitConfig, TimeInput};
+use serde::{Deserialize, Serialize};
+
+use crate::guided::GuidedDit;
+use crate::sampling::{
+    self, DdimOptions, DdpmOptions, NoiseSource, OdeMethod, OdeOptions, SdeOptions, SeededNormal,
+    StepCallback, TimeOffsets,
+};
+
+/// Sampler family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerKind {
+    /// DDPM ancestral (DiT's sampler; DDPM models only).
+    Ddpm,
+    /// DDIM with η (DDPM models only).
+    Ddim,
+    /// SiT's reverse SDE, Euler–Maruyama with the Mean last step.
+    Sde,
+    /// Probability-flow ODE (Heun with `steps`, or dopri5 with `--steps 0`).
+    Ode,
+}
+
+impl SamplerKind {
+    /// Parses `ddpm`, `ddim`, `sde` or `ode`.
+    pub fn parse(s: &str) -> Result<Self, GenerateError> {
+        match s.to_ascii_lowercase().as_str() {
+            "ddpm" => Ok(Self::Ddpm),
+            "ddim" => Ok(Self::Ddim),
+            "sde" => Ok(Self::Sde),
+            "ode" => Ok(Self::Ode),
+            _ => Err(GenerateError::Config(format!(
+                "unknown sampler '{s}': expected ddpm, ddim, sde or ode"
+            ))),
+        }
+    }
+}
+
+/// How to sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleConfig {
+    /// Sampler.
+    pub sampler: SamplerKind,
+    /// Steps (DDPM/DDIM: respacing of the 1000-step process; SDE/ODE: integration steps).
+    pub steps: usize,
+    /// DDIM η.
+    pub eta: f64,
+    /// Seed of the starting noise and the sampler's noise.
+    pub seed: u64,
+    /// The continuous path of an interpolant (SiT) model: linear, gvp or vp.
+    pub path: String,
+}
+
+/// Errors from [`generate`].
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// Impossible option.
+    #[error("{0}")]
+    Config(String),
+    /// Model cannot do what was asked.
+    #[error(transparent)]
+    Model(#[from] nag_models::dit::ModelError),
+    /// Sampler failure (bad option, non-finite state).
+    #[error(transparent)]
+    Sampling(#[from] sampling::SamplingError),
+    /// nag-core rejected an argument.
+    #[error(transparent)]
+    Core(#[from] nag_core::Error),
+    /// Loading weights failed.
+    #[error(transparent)]
+    Checkpoint(#[from] nag_models::state_dict::CheckpointError),
+}
+
+/// Loads a model saved by the trainer (`<run>/ema.safetensors` + `ema.json`) or by
+/// `save_model_files`.
+pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Dit<B>, GenerateError> {
+    let (sd, config) = nag_models::checkpoint::load_model_files(path)?;
+    let cfg: DitConfig = serde_json::from_str(&config).map_err(|e| {
+        GenerateError::Config(format!(
+            "{}: model config is not valid: {e}",
+            path.display()
+        ))
+    })?;
+    let model = cfg.init::<B>(device)?;
+    let (model, _) = model.load_state_dict(&sd)?;
+    Ok(model)
+}
+
+/// Samples `labels.len()` images from `model` with `guidance`.
+pub fn generate<B: Backend>(
+    model: &Dit<B>,
+    labels: &[i64],
+    guidance: Guidance,
+    cfg: &SampleConfig,
+    callback: StepCallback<'_, B>,
+) -> Result<Tensor<B, 4>, GenerateError> {
+    if cfg.steps == 0 && cfg.sampler != SamplerKind::Ode {
+        return Err(GenerateError::Config(
+            "--steps must be at least 1 (0 means adaptive, for --sampler ode only)".into(),
+        ));
+    }
+    if labels.is_empty() {
+        return Err(GenerateError::Config("--n must be at least 1".into()));
+    }
+    let mc = model.config();
+    let device = model.device();
+    let mut guided = GuidedDit::new(model, labels, guidance)?;
+    let mut noise = SeededNormal::new(cfg.seed);
+    let shape = [labels.len(), mc.in_channels, mc.input_size, mc.input_size];
+    let x_t: Tensor<B, 4> = noise.normal(shape, &device);
+    let ddpm_model = mc.time_input == TimeInput::DdpmIndex;
+    let path = if ddpm_model {
+        Schedule::from_name("ddpm-linear")?
+    } else {
+        Schedule::from_name(&cfg.path)?
+    };
+    let out = match cfg.sampler {
+        SamplerKind::Ddpm | SamplerKind::Ddim if !ddpm_model => return Err(GenerateError::Config(
+            "DDPM/DDIM samplers need a DDPM (DiT) model; use --sampler sde or ode for SiT models"
+                .into(),
+        )),
+        SamplerKind::Ddpm => {
+            let schedule = DdpmSchedule::dit().with_steps(cfg.steps)?;
+            sampling::sample_ddpm(
+                &mut guided,
+                &schedule,
+                x_t,
+                &mut noise,
+                &DdpmOptions::default(),
+                callback,
+            )?
+        }
+        SamplerKind::Ddim => {
+            let schedule = DdpmSchedule::dit().with_steps(cfg.steps)?;
+            let options = DdimOptions {
+                eta: cfg.eta,
+                ..DdimOptions::default()
+            };
+            sampling::sample_ddim(&mut guided, &schedule, x_t, &options, &mut noise, callback)?
+        }
+        SamplerKind::Sde => {
+            let options = SdeOptions::default();
+            sampling::sample_sde(
+                &mut guided,
+                &path,
+                x_t,
+                cfg.steps,
+                &options,
+                &mut noise,
+                callback,
+            )?
+        }
+        SamplerKind::Ode => {
+            let method = if cfg.steps == 0 {
+                OdeMethod::Dopri5 {
+                    atol: 1e-6,
+                    rtol: 1e-3,
+                }
+            } else {
+                OdeMethod::Heun
+            };
+            let options = OdeOptions {
+                method,
+                steps: cfg.steps.max(1),
+                t_offsets: TimeOffsets::default(),
+                ..OdeOptions::default()
+            };
+            sampling::sample_ode(&mut guided, &path, x_t, &options, callback)?.x
+        }
+    };
+    Ok(out)
+}

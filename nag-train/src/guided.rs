@@ -1,0 +1,104 @@
+//! Guidance as a wrapper around the network: a [`GuidedDit`] is a [`DiffusionModel`] whose
+//! every evaluation runs the branches of one [`Guidance`] setting in one batched forward and
+//! combines them. Samplers never see guidance.
+
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use nag_core::guidance::Guidance;
+use nag_core::prediction::Prediction;
+use nag_models::dit::{Dit, ModelError, TimeInput};
+
+use crate::sampling::{DiffusionModel, ModelOutput, TimePoint};
+
+/// A DiT/SiT with fixed class labels and a guidance setting.
+pub struct GuidedDit<'a, B: Backend> {
+    model: &'a Dit<B>,
+    labels: Tensor<B, 1, Int>,
+    guidance: Guidance,
+    /// Network evaluations so far, counted per sample-branch batch (one per `predict`).
+    pub calls: usize,
+    /// Branch evaluations so far (`calls` × branches).
+    pub branch_evals: usize,
+}
+
+impl<'a, B: Backend> GuidedDit<'a, B> {
+    /// Wraps `model` for labels `labels` (ignored by unconditional models) and `guidance`.
+    /// Checks up front that the model can evaluate every branch the guidance may need, so
+    /// sampling itself cannot fail half-way.
+    pub fn new(model: &'a Dit<B>, labels: &[i64], guidance: Guidance) -> Result<Self, ModelError> {
+        guidance.validate()?;
+        let cfg = model.config();
+        if guidance.uses_cfg() && (cfg.num_classes == 0 || !cfg.has_null_class()) {
+            return Err(ModelError::Unsupported(
+                "CFG needs a class-conditional model trained with label dropout (a null class); \
+                 drop --cfg or use a conditional model"
+                    .into(),
+            ));
+        }
+        if guidance.uses_nag() && !cfg.null_timestep {
+            return Err(ModelError::Unsupported(
+                "NAG needs the learned null-timestep vector: train or fine-tune with \
+                 --noise-dropout > 0, or drop --nag"
+                    .into(),
+            ));
+        }
+        let n_classes = cfg.num_classes as i64;
+        if let Some(bad) = labels
+            .iter()
+            .find(|&&y| n_classes > 0 && !(0..n_classes).contains(&y))
+        {
+            return Err(ModelError::InvalidInput(format!(
+                "label {bad} is outside 0..{n_classes}"
+            )));
+        }
+        let device = model.device();
+        let labels = Tensor::from_data(TensorData::new(labels.to_vec(), [labels.len()]), &device);
+        Ok(Self {
+            model,
+            labels,
+            guidance,
+            calls: 0,
+            branch_evals: 0,
+        })
+    }
+
+    /// The value the network is fed for time point `at`.
+    fn network_time(&self, at: TimePoint) -> f64 {
+        match self.model.config().time_input {
+            // The original DDPM index; continuous samplers on a DDPM model use the continuous
+            // index τ·T − 1 (T = 1000).
+            TimeInput::DdpmIndex => at
+                .ddpm_index
+                .map_or((at.tau * 1000.0 - 1.0).max(0.0), |i| i as f64),
+            TimeInput::SitClock => nag_core::clock::sit_from_tau(at.tau),
+        }
+    }
+}
+
+impl<B: Backend> DiffusionModel<B> for GuidedDit<'_, B> {
+    fn prediction(&self) -> Prediction {
+        match self.model.config().time_input {
+            TimeInput::DdpmIndex => Prediction::Eps,
+            TimeInput::SitClock => Prediction::Velocity,
+        }
+    }
+
+    fn predict(&mut self, x: Tensor<B, 4>, at: TimePoint) -> ModelOutput<B> {
+        let [n, c, _, _] = x.dims();
+        let plan = self.guidance.plan(at.tau);
+        self.calls += 1;
+        self.branch_evals += plan.len();
+        let t = Tensor::<B, 1>::full([n], self.network_time(at), &x.device());
+        let out = self
+            .model
+            .forward_guided(x, t, self.labels.clone(), &plan)
+            .expect("inputs and plan were checked when the GuidedDit was built");
+        let pred = out.clone().narrow(1, 0, c);
+        let var_interp = (out.dims()[1] == 2 * c).then(|| out.narrow(1, c, c));
+        let pred = match self.model.config().time_input {
+            TimeInput::DdpmIndex => pred,
+            // SiT predicts dx/dt in its clock; ours is dx/dτ = −dx/dt.
+            TimeInput::SitClock => pred.mul_scalar(nag_core::clock::velocity_sign_from_sit()),
+        };
+        ModelOutput { pred, var_interp }
+    }
+}

@@ -1,0 +1,23 @@
+//! # nag-train
+//!
+//! Datasets, the noise-dropout trainer, samplers, metrics and the noise-shift analysis for
+//! Noise Awareness Guidance (NAG, arXiv 2510.12497).
+//!
+//! - [`data`]: datasets (built-in `shapes` / `gmm`, image folders, latents, IDX) and the
+//!   deterministic background batch loader.
+//! - [`image`]: PNG image grids and a minimal line-plot renderer.
+//! - [`objective`]: DDPM (hybrid loss) and interpolant training losses.
+//! - [`train`]: the noise-dropout trainer (AdamW, EMA, atomic checkpoints, exact resume).
+//! - [`sampling`]: DDPM, DDIM, SDE and ODE samplers over a [`sampling::DiffusionModel`].
+//! - [`guided`]: guidance as a model wrapper ([`guided::GuidedDit`]).
+//! - [`generate`]: sampling a trained model end to end.
+#![warn(missing_docs)]
+
+pub mod data;
+pub mod image;
+pub mod ema;
+pub mod generate;
+pub mod guided;
+pub mod objective;
+pub mod sampling;
+pub mod train;

@@ -1,0 +1,726 @@
+//! The noise-dropout trainer.
+//!
+//! Each step draws, per sample and independently: a time (DDPM index uniform over the 1000
+//! steps, or τ uniform for interpolants), the noise, a noise-condition dropout flag (p_t,
+//! default 0.1: the learned null-t embedding replaces the timestep embedding) and a label
+//! dropout flag (p_c, default 0.1). All randomness of step k comes from `stream(seed, k)`, so a
+//! run resumed at step k draws exactly what an uninterrupted run draws: same seed, same weights,
+//! bit for bit.
+//!
+//! Run directory layout:
+//! - `config.json`: the resolved [`TrainConfig`];
+//! - `checkpoints/step-XXXXXXX/{model,ema,optim}.mpk, state.json` (burn records, full precision)
+//!   and `latest` (the newest complete checkpoint, written last, atomically);
+//! - `ema.safetensors` + `ema.json`: the EMA weights with the reference key names (what
+//!   `sample` reads);
+//! - `loss.csv` and `loss.png`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use nag_core::ddpm::DdpmSchedule;
+use nag_core::schedule::Schedule;
+use nag_models::dit::{Dit, DitConfig, TimeInput};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{open_dataset, stream_rng, DataOptions, Dataset, Loader, LoaderConfig};
+use crate::ema;
+use crate::objective::{self, InterpolantTarget, LossWeight};
+
+/// What the network is trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ObjectiveKind {
+    /// DiT: DDPM ε-prediction on the 1000-step linear schedule (hybrid loss with learn_sigma).
+    #[default]
+    Ddpm,
+    /// SiT: Linear interpolant.
+    Linear,
+    /// SiT: GVP interpolant.
+    Gvp,
+    /// SiT: VP interpolant.
+    Vp,
+}
+
+impl ObjectiveKind {
+    /// Parses `ddpm`, `linear`, `gvp` or `vp`.
+    pub fn parse(s: &str) -> Result<Self, TrainError> {
+        match s.to_ascii_lowercase().as_str() {
+            "ddpm" => Ok(Self::Ddpm),
+            "linear" => Ok(Self::Linear),
+            "gvp" => Ok(Self::Gvp),
+            "vp" => Ok(Self::Vp),
+            _ => Err(TrainError::Config(format!(
+                "unknown objective '{s}': expected ddpm, linear, gvp or vp"
+            ))),
+        }
+    }
+
+    /// The continuous schedule of an interpolant objective.
+    pub fn schedule(self) -> Option<Schedule> {
+        match self {
+            Self::Ddpm => None,
+            Self::Linear => Schedule::from_name("linear").ok(),
+            Self::Gvp => Schedule::from_name("gvp").ok(),
+            Self::Vp => Schedule::from_name("vp").ok(),
+        }
+    }
+}
+
+/// Everything a training run needs; stored in the run directory as `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Dataset spec (`shapes`, `gmm`, or a path; see [`open_dataset`]).
+    pub data: String,
+    /// Model preset (`tiny`, `small`, `DiT-S/2`, …).
+    pub model: String,
+    /// Objective.
+    pub objective: ObjectiveKind,
+    /// Interpolant target (interpolant objectives only).
+    pub prediction: InterpolantTarget,
+    /// Interpolant loss weighting.
+    pub loss_weight: LossWeight,
+    /// Learned variance (DDPM only; interpolants never learn σ).
+    pub learn_sigma: bool,
+    /// Optimiser steps.
+    pub steps: u64,
+    /// Global batch size.
+    pub batch: usize,
+    /// Gradient accumulation: each optimiser step averages this many micro-batches of
+    /// `batch / grad_accum` samples.
+    pub grad_accum: usize,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Linear warm-up of the learning rate over this many steps (0 = none).
+    pub warmup: u64,
+    /// Clip the gradient norm to this value.
+    pub grad_clip: Option<f32>,
+    /// EMA decay.
+    pub ema_decay: f64,
+    /// EMA warm-up `min(d, (1+k)/(10+k))` (for short runs).
+    pub ema_warmup: bool,
+    /// Noise-condition dropout probability p_t.
+    pub noise_dropout: f64,
+    /// Label dropout probability p_c.
+    pub class_dropout: f64,
+    /// Train only on noise-dropped samples (NAG fine-tuning variant).
+    pub finetune_uncond_only: bool,
+    /// Seed of everything random in the run.
+    pub seed: u64,
+    /// Checkpoint every this many steps (and at the end).
+    pub checkpoint_every: u64,
+    /// Log the loss every this many steps.
+    pub log_every: u64,
+    /// Image size for generated datasets.
+    pub image_size: Option<usize>,
+    /// Loader worker threads.
+    pub workers: usize,
+    /// Initial weights (`.pt`, `.safetensors`, or a run directory's EMA), e.g. an official
+    /// checkpoint to fine-tune for NAG.
+    pub init: Option<PathBuf>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            data: "shapes".into(),
+            model: "tiny".into(),
+            objective: ObjectiveKind::Ddpm,
+            prediction: InterpolantTarget::Velocity,
+            loss_weight: LossWeight::None,
+            learn_sigma: true,
+            steps: 2000,
+            batch: 32,
+            grad_accum: 1,
+            lr: 1e-4,
+            weight_decay: 0.0,
+            warmup: 0,
+            grad_clip: None,
+            ema_decay: 0.9999,
+            ema_warmup: true,
+            noise_dropout: 0.1,
+            class_dropout: 0.1,
+            finetune_uncond_only: false,
+            seed: 0,
+            checkpoint_every: 500,
+            log_every: 10,
+            image_size: None,
+            workers: 2,
+            init: None,
+        }
+    }
+}
+
+/// Errors of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// An impossible option.
+    #[error("invalid training option: {0}")]
+    Config(String),
+    /// Dataset problem.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// Model problem.
+    #[error(transparent)]
+    Model(#[from] nag_models::dit::ModelError),
+    /// Checkpoint problem.
+    #[error(transparent)]
+    Checkpoint(#[from] nag_models::state_dict::CheckpointError),
+    /// The loss became NaN or infinite.
+    #[error("loss is {loss} at step {step}: training stopped; the last good checkpoint ({last}) is kept. Lower --lr, set --grad-clip, or check the data")]
+    NonFinite {
+        /// Step.
+        step: u64,
+        /// The loss value.
+        loss: f32,
+        /// The last good checkpoint.
+        last: String,
+    },
+    /// I/O on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A burn record could not be read or written.
+    #[error("checkpoint record {path}: {reason}")]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T, TrainError> {
+    r.map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    {
+        let mut f = io(&tmp, fs::File::create(&tmp))?;
+        io(&tmp, f.write_all(bytes))?;
+        io(&tmp, f.sync_all())?;
+    }
+    io(path, fs::rename(&tmp, path))
+}
+
+impl TrainConfig {
+    /// Checks the options against each other.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.steps == 0 {
+            return bad("--steps must be at least 1".into());
+        }
+        if self.batch == 0 {
+            return bad("--batch must be at least 1".into());
+        }
+        if self.grad_accum == 0 || !self.batch.is_multiple_of(self.grad_accum) {
+            return bad(format!(
+                "--grad-accum {} must divide --batch {}",
+                self.grad_accum, self.batch
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr must be > 0 (got {})", self.lr));
+        }
+        for (name, p) in [
+            ("--noise-dropout", self.noise_dropout),
+            ("--class-dropout", self.class_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("{name} must be in [0, 1) (got {p})"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad(format!(
+                "--ema-decay must be in [0, 1) (got {})",
+                self.ema_decay
+            ));
+        }
+        if self.finetune_uncond_only && self.noise_dropout == 0.0 {
+            return bad("--finetune-uncond-only trains the null-t branch; it needs the model's null-timestep vector (do not combine with --noise-dropout 0)".into());
+        }
+        if self.checkpoint_every == 0 || self.log_every == 0 {
+            return bad("--checkpoint-every and --log-every must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The network config for this run and dataset.
+    pub fn model_config(&self, dataset: &dyn Dataset) -> Result<DitConfig, TrainError> {
+        let [c, h, w] = dataset.shape();
+        if h != w {
+            return Err(TrainError::Config(format!(
+                "dataset images are {h}×{w}; the DiT needs square inputs"
+            )));
+        }
+        let mut cfg = DitConfig::preset(&self.model, h, c, dataset.num_classes())?;
+        let ddpm = self.objective == ObjectiveKind::Ddpm;
+        cfg.learn_sigma = ddpm && self.learn_sigma;
+        cfg.time_input = if ddpm {
+            TimeInput::DdpmIndex
+        } else {
+            TimeInput::SitClock
+        };
+        cfg.class_dropout_prob = if dataset.num_classes() > 0 {
+            self.class_dropout.max(f64::MIN_POSITIVE)
+        } else {
+            0.0
+        };
+        cfg.null_timestep = true;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Progress reported to the caller every `log_every` steps.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Completed steps.
+    pub step: u64,
+    /// Total steps.
+    pub total: u64,
+    /// Mean loss since the last report.
+    pub loss: f64,
+}
+
+/// What a finished run produced.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Steps completed.
+    pub steps: u64,
+    /// Final logged loss.
+    pub final_loss: f64,
+    /// First logged loss.
+    pub first_loss: f64,
+}
+
+/// Training state stored next to the records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    step: u64,
+    ema_updates: u64,
+    seed: u64,
+}
+
+/// Paths of checkpoint `step` in `run_dir`.
+fn checkpoint_dir(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir.join("checkpoints").join(format!("step-{step:07}"))
+}
+
+/// The newest complete checkpoint of a run, if any.
+pub fn latest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
+    let name = fs::read_to_string(run_dir.join("checkpoints").join("latest")).ok()?;
+    let dir = run_dir.join("checkpoints").join(name.trim());
+    dir.join("state.json").is_file().then_some(dir)
+}
+
+const DOMAIN_STEP: u64 = 0x5354_4550; // "STEP"
+
+/// Per-step random draws: times, dropout masks and noise, from `stream(seed, step)`.
+struct Draws {
+    ddpm_k: Vec<usize>,
+    tau: Vec<f64>,
+    null_t: Vec<bool>,
+    null_class: Vec<bool>,
+    noise: Vec<f32>,
+}
+
+fn draw(cfg: &TrainConfig, step: u64, micro: usize, shape: [usize; 4], ddpm_len: usize) -> Draws {
+    let mut rng = stream_rng(cfg.seed, DOMAIN_STEP, step * 1024 + micro as u64);
+    let n = shape[0];
+    let ddpm_k = (0..n).map(|_| rng.random_range(0..ddpm_len)).collect();
+    let tau = (0..n).map(|_| 1.0 - rng.random::<f64>()).collect(); // τ ∈ (0, 1]
+    let null_t = (0..n)
+        .map(|_| cfg.finetune_uncond_only || rng.random::<f64>() < cfg.noise_dropout)
+        .collect();
+    let null_class = (0..n)
+        .map(|_| rng.random::<f64>() < cfg.class_dropout)
+        .collect();
+    let len: usize = shape.iter().product();
+    let mut noise = Vec::with_capacity(len);
+    while noise.len() < len {
+        // Box–Muller, both outputs.
+        let u1: f64 = 1.0 - rng.random::<f64>();
+        let u2: f64 = rng.random::<f64>();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let th = 2.0 * std::f64::consts::PI * u2;
+        noise.push((r * th.cos()) as f32);
+        if noise.len() < len {
+            noise.push((r * th.sin()) as f32);
+        }
+    }
+    Draws {
+        ddpm_k,
+        tau,
+        null_t,
+        null_class,
+        noise,
+    }
+}
+
+/// The loss of one micro-batch (on the autodiff backend).
+fn micro_loss<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    model: &Dit<B>,
+    ddpm: &DdpmSchedule,
+    interp: Option<&Schedule>,
+    x0: Tensor<B, 4>,
+    y: Tensor<B, 1, Int>,
+    d: &Draws,
+) -> Tensor<B, 1> {
+    let device = x0.device();
+    let shape = x0.dims();
+    let n = shape[0];
+    let noise = Tensor::<B, 4>::from_data(TensorData::new(d.noise.clone(), shape), &device);
+    let null_t = Tensor::<B, 1, Bool>::from_data(TensorData::new(d.null_t.clone(), [n]), &device);
+    let null_class =
+        Tensor::<B, 1, Bool>::from_data(TensorData::new(d.null_class.clone(), [n]), &device);
+    let null_class = (model.config().num_classes > 0).then_some(null_class);
+    match interp {
+        None => {
+            let x_t = objective::ddpm_q_sample(ddpm, x0.clone(), &d.ddpm_k, noise.clone());
+            let t: Vec<f32> = d
+                .ddpm_k
+                .iter()
+                .map(|&k| ddpm.model_time(k) as f32)
+                .collect();
+            let t = Tensor::<B, 1>::from_data(TensorData::new(t, [n]), &device);
+            let out = model.forward(x_t.clone(), t, y, Some(null_t), null_class);
+            objective::ddpm_loss(ddpm, x0, x_t, &d.ddpm_k, noise, out).mean()
+        }
+        Some(schedule) => {
+            use nag_core::schedule::NoiseSchedule;
+            let a: Vec<f64> = d.tau.iter().map(|&t| schedule.alpha(t)).collect();
+            let s: Vec<f64> = d.tau.iter().map(|&t| schedule.sigma(t)).collect();
+            let x_t = x0.clone() * objective::per_sample::<B>(&a, &device)
+                + noise.clone() * objective::per_sample::<B>(&s, &device);
+            // SiT is fed its own clock t = 1 − τ.
+            let t: Vec<f32> = d
+                .tau
+                .iter()
+                .map(|&tau| nag_core::clock::sit_from_tau(tau) as f32)
+                .collect();
+            let t = Tensor::<B, 1>::from_data(TensorData::new(t, [n]), &device);
+            let out = model.forward(x_t, t, y, Some(null_t), null_class);
+            objective::interpolant_loss(
+                schedule,
+                x0,
+                noise,
+                &d.tau,
+                out,
+                cfg.prediction,
+                cfg.loss_weight,
+            )
+            .mean()
+        }
+    }
+}
+
+type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
+
+fn save_record<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<(), TrainError> {
+    Rec::new()
+        .record(module.into_record(), path.to_path_buf())
+        .map_err(|e| TrainError::Record {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+fn load_record<B: Backend, M: Module<B>>(
+    module: M,
+    path: &Path,
+    device: &B::Device,
+) -> Result<M, TrainError> {
+    let record = Rec::new()
+        .load(path.to_path_buf(), device)
+        .map_err(|e| TrainError::Record {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    Ok(module.load_record(record))
+}
+
+/// Exports EMA weights as `ema.safetensors` + `ema.json` (reference key names + `t_embedder.null`).
+pub fn export_ema<B: Backend>(ema: &Dit<B>, run_dir: &Path) -> Result<(), TrainError> {
+    let sd = ema.to_state_dict();
+    let config = serde_json::to_string_pretty(ema.config())
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+    nag_models::checkpoint::save_model_files(&sd, &config, &run_dir.join("ema.safetensors"))?;
+    Ok(())
+}
+
+/// Trains per `cfg` into `run_dir`; with `resume`, continues from its latest checkpoint
+/// (the stored config must equal `cfg` except for `steps`).
+pub fn train<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    run_dir: &Path,
+    resume: bool,
+    device: &B::Device,
+    mut on_progress: impl FnMut(Progress),
+) -> Result<TrainSummary, TrainError> {
+    cfg.validate()?;
+    io(run_dir, fs::create_dir_all(run_dir.join("checkpoints")))?;
+    let data_opts = DataOptions {
+        seed: cfg.seed,
+        image_size: cfg.image_size,
+        ..DataOptions::default()
+    };
+    let dataset: Arc<dyn Dataset> = Arc::from(open_dataset(&cfg.data, &data_opts)?);
+    let model_cfg = cfg.model_config(dataset.as_ref())?;
+    // burn's initialisers draw from the backend's process-wide RNG: seed and initialise under
+    // one lock so concurrent runs in one process cannot interleave their draws.
+    let mut model: Dit<B> = {
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, cfg.seed);
+        model_cfg.init(device)?
+    };
+    if let Some(init) = &cfg.init {
+        let (sd, _info) = nag_models::checkpoint::load_state_dict(init, &Default::default())?;
+        let (loaded, report) = model.load_state_dict(&sd)?;
+        model = loaded;
+        if report.null_timestep_initialised {
+            eprintln!(
+                "note: {} has no null-timestep vector; it starts freshly initialised (fine-tune with --noise-dropout > 0 before using NAG)",
+                init.display()
+            );
+        }
+    }
+    let mut ema_model: Dit<B::InnerBackend> = model.valid();
+    let mut adamw = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(cfg.weight_decay as f32);
+    if let Some(c) = cfg.grad_clip {
+        adamw = adamw.with_grad_clipping(Some(
+            burn::optim::grad_clipping::GradientClippingConfig::Norm(c),
+        ));
+    }
+    let mut optim = adamw.init::<B, Dit<B>>();
+    let mut start = 0u64;
+    let mut ema_updates = 0u64;
+    let config_path = run_dir.join("config.json");
+    if resume {
+        let ck = latest_checkpoint(run_dir).ok_or_else(|| {
+            TrainError::Config(format!(
+                "--resume: {} has no complete checkpoint (checkpoints/latest)",
+                run_dir.display()
+            ))
+        })?;
+        let stored: TrainConfig =
+            serde_json::from_slice(&io(&config_path, fs::read(&config_path))?)
+                .map_err(|e| TrainError::Config(format!("{}: {e}", config_path.display())))?;
+        let mut a = stored.clone();
+        a.steps = cfg.steps;
+        if &a != cfg {
+            return Err(TrainError::Config(format!(
+                "--resume: the options differ from the run's {} (only --steps may change)",
+                config_path.display()
+            )));
+        }
+        let state_path = ck.join("state.json");
+        let state: State = serde_json::from_slice(&io(&state_path, fs::read(&state_path))?)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", state_path.display())))?;
+        model = load_record(model, &ck.join("model"), device)?;
+        ema_model = load_record(ema_model, &ck.join("ema"), device)?;
+        let record = Rec::new()
+            .load(ck.join("optim"), device)
+            .map_err(|e| TrainError::Record {
+                path: ck.join("optim"),
+                reason: e.to_string(),
+            })?;
+        optim = optim.load_record(record);
+        start = state.step;
+        ema_updates = state.ema_updates;
+    }
+    let json = serde_json::to_vec_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+    write_atomic(&config_path, &json)?;
+
+    let ddpm = DdpmSchedule::dit();
+    let interp = cfg.objective.schedule();
+    let micro = cfg.batch / cfg.grad_accum;
+    let mut loader = Loader::new(
+        dataset.clone(),
+        LoaderConfig {
+            batch_size: micro,
+            seed: cfg.seed,
+            workers: cfg.workers.max(1),
+            start_step: start * cfg.grad_accum as u64,
+            ..LoaderConfig::default()
+        },
+    )?;
+    let loss_path = run_dir.join("loss.csv");
+    let mut log = if resume && loss_path.is_file() {
+        read_loss_log(&loss_path, start)
+    } else {
+        Vec::new()
+    };
+    let mut last_ckpt = latest_checkpoint(run_dir)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "none yet".into());
+    let mut acc = 0.0f64;
+    let mut acc_n = 0u64;
+    for step in start..cfg.steps {
+        let lr = if cfg.warmup > 0 {
+            cfg.lr * ((step + 1) as f64 / cfg.warmup as f64).min(1.0)
+        } else {
+            cfg.lr
+        };
+        let mut grads_acc: Option<GradientsParams> = None;
+        let mut step_loss = 0.0f64;
+        for m in 0..cfg.grad_accum {
+            let batch = loader.next_batch()?;
+            let x0 = Tensor::<B, 4>::from_data(TensorData::new(batch.x, batch.shape), device);
+            let y =
+                Tensor::<B, 1, Int>::from_data(TensorData::new(batch.y, [batch.shape[0]]), device);
+            let d = draw(cfg, step, m, batch.shape, ddpm.len());
+            let loss = micro_loss(cfg, &model, &ddpm, interp.as_ref(), x0, y, &d);
+            let loss = loss.div_scalar(cfg.grad_accum as f64);
+            let value: f32 = burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step,
+                    loss: value,
+                    last: last_ckpt,
+                });
+            }
+            step_loss += value as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            grads_acc = Some(match grads_acc {
+                None => grads,
+                Some(prev) => merge_grads::<B>(prev, grads, &model),
+            });
+        }
+        model = optim.step(lr, model, grads_acc.expect("grad_accum ≥ 1"));
+        let decay = ema::decay_at(cfg.ema_decay, ema_updates, cfg.ema_warmup);
+        ema_model = ema::update(ema_model, &model.valid(), decay);
+        ema_updates += 1;
+        acc += step_loss;
+        acc_n += 1;
+        let done = step + 1;
+        if done % cfg.log_every == 0 || done == cfg.steps {
+            let mean = acc / acc_n as f64;
+            log.push((done, mean));
+            on_progress(Progress {
+                step: done,
+                total: cfg.steps,
+                loss: mean,
+            });
+            acc = 0.0;
+            acc_n = 0;
+        }
+        if done % cfg.checkpoint_every == 0 || done == cfg.steps {
+            let dir = checkpoint_dir(run_dir, done);
+            let tmp = dir.with_extension("partial");
+            let _ = fs::remove_dir_all(&tmp);
+            io(&tmp, fs::create_dir_all(&tmp))?;
+            save_record(model.clone(), &tmp.join("model"))?;
+            save_record(ema_model.clone(), &tmp.join("ema"))?;
+            Rec::new()
+                .record(optim.to_record(), tmp.join("optim"))
+                .map_err(|e| TrainError::Record {
+                    path: tmp.join("optim"),
+                    reason: e.to_string(),
+                })?;
+            let state = State {
+                step: done,
+                ema_updates,
+                seed: cfg.seed,
+            };
+            write_atomic(
+                &tmp.join("state.json"),
+                &serde_json::to_vec_pretty(&state).expect("state serialises"),
+            )?;
+            let _ = fs::remove_dir_all(&dir);
+            io(&dir, fs::rename(&tmp, &dir))?;
+            write_atomic(
+                &run_dir.join("checkpoints").join("latest"),
+                dir.file_name().unwrap().to_string_lossy().as_bytes(),
+            )?;
+            last_ckpt = dir.display().to_string();
+            export_ema(&ema_model, run_dir)?;
+            write_loss_log(&loss_path, &log)?;
+            write_loss_plot(&run_dir.join("loss.png"), &log)?;
+        }
+    }
+    Ok(TrainSummary {
+        run_dir: run_dir.to_path_buf(),
+        steps: cfg.steps,
+        final_loss: log.last().map_or(f64::NAN, |l| l.1),
+        first_loss: log.first().map_or(f64::NAN, |l| l.1),
+    })
+}
+
+/// Sums two gradient sets parameter by parameter (gradient accumulation).
+fn merge_grads<B: AutodiffBackend>(
+    a: GradientsParams,
+    b: GradientsParams,
+    model: &Dit<B>,
+) -> GradientsParams {
+    let mut acc = burn::optim::GradientsAccumulator::<Dit<B>>::new();
+    acc.accumulate(model, a);
+    acc.accumulate(model, b);
+    acc.grads()
+}
+
+fn read_loss_log(path: &Path, upto: u64) -> Vec<(u64, f64)> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut it = l.split(',');
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .filter(|(s, _)| *s <= upto)
+        .collect()
+}
+
+fn write_loss_log(path: &Path, log: &[(u64, f64)]) -> Result<(), TrainError> {
+    let mut s = String::from("step,loss\n");
+    for (step, loss) in log {
+        s.push_str(&format!("{step},{loss}\n"));
+    }
+    write_atomic(path, s.as_bytes())
+}
+
+fn write_loss_plot(path: &Path, log: &[(u64, f64)]) -> Result<(), TrainError> {
+    if log.len() < 2 {
+        return Ok(());
+    }
+    let points: Vec<(f64, f64)> = log.iter().map(|&(s, l)| (s as f64, l)).collect();
+    let mut plot = crate::image::LinePlot::new("training loss");
+    plot.x_label = "step".into();
+    plot.y_label = "loss".into();
+    plot.log_y = true;
+    plot.add_series("loss", points);
+    plot.save(path).map_err(|e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
