@@ -1,4 +1,8 @@
-//! `cargo xtask shift`: the analytic noise shift δ of a schedule, first order vs exact.
+//! `cargo xtask shift`: the noise shift δ. Without `--run`: the analytic δ of a schedule, first
+//! order vs exact. With `--run`: δ measured along a trained model's sampling trajectories,
+//! without and with NAG.
+
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -6,9 +10,42 @@ use nag_core::schedule::{NoiseSchedule, Schedule};
 use nag_core::shift;
 use serde::Serialize;
 
-/// Arguments of `cargo xtask shift` (analytic mode).
+/// Arguments of `cargo xtask shift`.
 #[derive(Debug, Args)]
 pub struct ShiftArgs {
+    /// Measure along the sampling trajectories of this training run (else: analytic mode).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Sampler for --run: ddpm, ddim, sde, ode (default: ddpm for DiT runs, sde for SiT runs).
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// Sampling steps for --run.
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// NAG weight of the guided trajectories (the unguided ones use 0).
+    #[arg(long, default_value_t = 3.0)]
+    pub nag: f64,
+    /// CFG scale of both (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub cfg: f64,
+    /// Measure with the exact posterior of the run's Gaussian-mixture data (gmm runs; default).
+    #[arg(long, conflicts_with = "estimator")]
+    pub exact: bool,
+    /// Measure with a trained noise-level estimator (any data): its directory or file.
+    #[arg(long)]
+    pub estimator: Option<PathBuf>,
+    /// Trajectories (samples) per setting.
+    #[arg(long, default_value_t = 64)]
+    pub n: usize,
+    /// Seed of the trajectories (the same for both settings).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder for shift.json and shift.png (default: the run folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Device: cpu, flex, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Noise schedule: ddpm-linear, ddpm-cosine, linear, gvp or vp.
     #[arg(long, default_value = "linear")]
     pub schedule: String,
@@ -86,8 +123,16 @@ fn fmt(v: Option<f64>) -> String {
     v.map_or_else(|| "—".to_string(), |v| format!("{v:.6}"))
 }
 
-/// Runs the analytic shift table.
+/// Runs `cargo xtask shift`.
 pub fn run(args: &ShiftArgs) -> Result<()> {
+    if args.run.is_some() {
+        return crate::shift_run::run(args);
+    }
+    run_analytic(args)
+}
+
+/// The analytic shift table.
+fn run_analytic(args: &ShiftArgs) -> Result<()> {
     if !(args.sigma_e.is_finite() && args.sigma_e >= 0.0) {
         bail!(
             "--sigma-e must be a finite number ≥ 0 (got {}): it is the standard deviation of the accumulated error",

@@ -253,14 +253,8 @@ pub fn open_dataset(spec: &str, options: &DataOptions) -> Result<Box<dyn Dataset
         };
         return Ok(Box::new(ShapesDataset::new(config)?));
     }
-    if let Some(rest) = spec.strip_prefix("gmm").filter(|r| is_digits(r)) {
-        let config = GmmConfig {
-            size: size_of(rest, 16)?,
-            len,
-            seed: options.seed,
-            ..GmmConfig::default()
-        };
-        return Ok(Box::new(GmmDataset::new(config)?));
+    if let Some(gmm) = open_gmm(spec, options)? {
+        return Ok(Box::new(gmm));
     }
     let path = Path::new(spec);
     if !path.exists() {
@@ -302,6 +296,28 @@ pub fn open_dataset(spec: &str, options: &DataOptions) -> Result<Box<dyn Dataset
         "not a dataset: give a folder of class subfolders with PNG/JPEG images, a .npy or \
          .safetensors latents file, or an IDX images file (e.g. train-images-idx3-ubyte)",
     ))
+}
+
+/// The [`GmmDataset`] a `gmm` spec (`"gmm"`, `"gmm16"`, `"gmm32"`) names, `None` for any other
+/// spec: the one place a spec becomes a mixture, so analyses that need the exact density get
+/// the same mixture the trainer drew from.
+pub fn open_gmm(spec: &str, options: &DataOptions) -> Result<Option<GmmDataset>, DataError> {
+    let Some(rest) = spec.strip_prefix("gmm").filter(|r| is_digits(r)) else {
+        return Ok(None);
+    };
+    let size = match rest {
+        "" => options.image_size.unwrap_or(16),
+        s => s
+            .parse()
+            .map_err(|_| DataError::Config(format!("bad size in dataset spec '{spec}'")))?,
+    };
+    let config = GmmConfig {
+        size,
+        len: options.len.unwrap_or(DEFAULT_VIRTUAL_LEN),
+        seed: options.seed,
+        ..GmmConfig::default()
+    };
+    Ok(Some(GmmDataset::new(config)?))
 }
 
 fn is_digits(s: &str) -> bool {
