@@ -58,6 +58,17 @@ pub struct SampleConfig {
     pub seed: u64,
     /// The continuous path of an interpolant (SiT) model: linear, gvp or vp.
     pub path: String,
+    /// DDPM/DDIM: clamp x̂0 to [−1, 1] at every step (the reference's `clip_denoised`: on for
+    /// pixel data, off for latents as DiT samples them).
+    pub clip_x0: bool,
+}
+
+impl SampleConfig {
+    /// Whether x̂0 clipping suits a model with `in_channels` input channels: pixel data (1 or
+    /// 3 channels, scaled to [−1, 1]) yes, SD-VAE latents (4 channels) no.
+    pub fn clip_for_channels(in_channels: usize) -> bool {
+        in_channels != 4
+    }
 }
 
 /// Errors from [`generate`].
@@ -135,7 +146,10 @@ pub fn generate<B: Backend>(
                 &schedule,
                 x_t,
                 &mut noise,
-                &DdpmOptions::default(),
+                &DdpmOptions {
+                    clip_x0: cfg.clip_x0,
+                    ..DdpmOptions::default()
+                },
                 callback,
             )?
         }
@@ -143,7 +157,7 @@ pub fn generate<B: Backend>(
             let schedule = DdpmSchedule::dit().with_steps(cfg.steps)?;
             let options = DdimOptions {
                 eta: cfg.eta,
-                ..DdimOptions::default()
+                clip_x0: cfg.clip_x0,
             };
             sampling::sample_ddim(&mut guided, &schedule, x_t, &options, &mut noise, callback)?
         }

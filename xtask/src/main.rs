@@ -4,17 +4,69 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod data;
+mod estimator;
 mod forward;
 mod sample;
 mod shift;
+mod shift_run;
 mod train;
 
 /// Noise Awareness Guidance for DiT/SiT diffusion models.
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", version, about)]
+#[command(name = "cargo xtask", version, about, args_override_self = true)]
 struct Cli {
+    /// TOML file of options for the subcommand (keys are the option names, e.g. `steps = 500`,
+    /// `noise-dropout = 0.2` or `noise_dropout = 0.2`); options on the command line win.
+    #[arg(long, global = true, value_name = "FILE.toml")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Expands `--config FILE` into the flags it holds, placed right after the subcommand so that
+/// flags given on the command line (later, so they win) override them.
+fn expand_config(args: Vec<String>) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    let Some(i) = args
+        .iter()
+        .position(|a| a == "--config" || a.starts_with("--config="))
+    else {
+        return Ok(args);
+    };
+    let (path, skip) = match args[i].strip_prefix("--config=") {
+        Some(p) => (p.to_string(), 1),
+        None => (
+            args.get(i + 1)
+                .cloned()
+                .context("--config needs a file path")?,
+            2,
+        ),
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading --config {path}"))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {path} as TOML"))?;
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        match value {
+            toml::Value::Boolean(true) => flags.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(v) => flags.extend([flag, v]),
+            toml::Value::Integer(v) => flags.extend([flag, v.to_string()]),
+            toml::Value::Float(v) => flags.extend([flag, v.to_string()]),
+            other => anyhow::bail!("{path}: option '{key}' has an unsupported value {other}"),
+        }
+    }
+    let mut rest: Vec<String> = args[..i].to_vec();
+    rest.extend(args[i + skip..].iter().cloned());
+    // rest[0] is the program, rest[1] the subcommand.
+    let at = 2.min(rest.len());
+    let mut out = rest[..at].to_vec();
+    out.extend(flags);
+    out.extend(rest[at..].iter().cloned());
+    Ok(out)
 }
 
 #[derive(Debug, Subcommand)]
@@ -25,17 +77,31 @@ enum Command {
     Train(train::TrainArgs),
     /// Sample a trained model, with CFG / NAG / both; --compare shows all four side by side.
     Sample(sample::SampleArgs),
+    /// Write a grid of a dataset's items (what the trainer sees).
+    Data(data::DataArgs),
     /// One forward pass of a checkpoint on .npy inputs (parity checks against PyTorch).
     Forward(forward::ForwardArgs),
+    /// Train the noise-level estimator g_φ(τ|x) or validate it against the exact gmm posterior.
+    #[command(subcommand)]
+    Estimator(estimator::EstimatorCmd),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match expand_config(std::env::args().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
     let result = match &cli.command {
         Command::Shift(args) => shift::run(args),
         Command::Train(args) => train::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Forward(args) => forward::run(args),
+        Command::Data(args) => data::run(args),
+        Command::Estimator(cmd) => estimator::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,6 +62,10 @@ pub struct SampleArgs {
     /// Path of an interpolant (SiT) model: linear, gvp or vp.
     #[arg(long, default_value = "linear")]
     pub path: String,
+    /// DDPM/DDIM: do not clamp x̂0 to [−1, 1] (clamping is on for pixel models, off for
+    /// 4-channel latent models).
+    #[arg(long)]
+    pub no_clip: bool,
     /// Device: cpu, flex, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -166,6 +170,7 @@ impl BackendTask for Task<'_> {
             eta: args.eta,
             seed: args.seed,
             path: args.path.clone(),
+            clip_x0: !args.no_clip && SampleConfig::clip_for_channels(mc.in_channels),
         };
         let classes = mc.num_classes as i64;
         let n = args.n.unwrap_or(if args.compare {

@@ -132,6 +132,7 @@ impl BackendTask for Task<'_> {
             eta: 0.0,
             seed: args.seed,
             path: path.into(),
+            clip_x0: SampleConfig::clip_for_channels(mc.in_channels),
         };
         if args.n == 0 {
             bail!("--n must be at least 1");

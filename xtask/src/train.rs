@@ -11,13 +11,10 @@ use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_train::objective::{InterpolantTarget, LossWeight};
 use nag_train::train::{train, ObjectiveKind, Progress, TrainConfig};
 
-/// Arguments of `cargo xtask train`. Every option may also come from `--config FILE.toml`
-/// (same names, snake_case); flags given on the command line win.
+/// Arguments of `cargo xtask train`. Every option may also come from `--config FILE.toml`;
+/// flags given on the command line win.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// TOML file with any of the options below.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
     /// Dataset: shapes, shapes32, gmm, or a path (image folder, latents, IDX).
     #[arg(long)]
     pub data: Option<String>,
@@ -75,6 +72,12 @@ pub struct TrainArgs {
     /// Checkpoint every N steps.
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
+    /// Log the loss every N steps.
+    #[arg(long)]
+    pub log_every: Option<u64>,
+    /// Data loader worker threads.
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Image size of generated datasets.
     #[arg(long)]
     pub image_size: Option<usize>,
@@ -115,26 +118,9 @@ fn parse_enum<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Result
         .with_context(|| format!("{flag}: unknown value '{value}'"))
 }
 
-/// Resolves defaults ← TOML file ← flags.
+/// Resolves the built-in defaults ← flags (a `--config` file arrives as flags).
 pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
     let mut cfg = default_config();
-    if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
-        let base = serde_json::to_value(&cfg)?;
-        let file: toml::Value =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let mut merged = base;
-        if let (Some(m), Ok(serde_json::Value::Object(f))) =
-            (merged.as_object_mut(), serde_json::to_value(file))
-        {
-            for (k, v) in f {
-                m.insert(k, v);
-            }
-        }
-        cfg = serde_json::from_value(merged)
-            .with_context(|| format!("{}: not a valid training config", path.display()))?;
-    }
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = &args.$field { cfg.$field = v.clone().into(); } )* };
     }
@@ -151,7 +137,9 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
         noise_dropout,
         class_dropout,
         seed,
-        checkpoint_every
+        checkpoint_every,
+        log_every,
+        workers
     );
     if let Some(v) = args.grad_clip {
         cfg.grad_clip = Some(v);
