@@ -43,6 +43,20 @@ impl<B: Backend> ModuleMapper<B> for Blend<B> {
     }
 }
 
+struct Touch;
+
+impl<B: Backend> ModuleVisitor<B> for Touch {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
+    }
+}
+
+/// Reads every float parameter once, so that lazily initialised parameters draw their values
+/// now (from the RNG state the caller has set) rather than at first use.
+pub fn materialise<B: Backend, M: Module<B>>(module: &M) {
+    module.visit(&mut Touch);
+}
+
 /// `ema ← d·ema + (1 − d)·model`, parameter by parameter (both modules must share one
 /// structure, e.g. the EMA is a copy of the model's initial weights).
 pub fn update<B: Backend, M: Module<B>>(ema: M, model: &M, decay: f64) -> M {

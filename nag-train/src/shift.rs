@@ -92,6 +92,44 @@ impl<B: Backend> NoiseMeter<B> for ExactMeter<'_> {
     }
 }
 
+/// A trained noise-level estimator g_φ(τ | x) as a meter (any data): its posterior mean over
+/// its τ-bins.
+pub struct EstimatorMeter<B: Backend> {
+    estimator: nag_models::estimator::NoiseEstimator<B>,
+    class_conditional: bool,
+}
+
+impl<B: Backend> EstimatorMeter<B> {
+    /// Loads an estimator saved by `cargo xtask estimator train` (folder or file).
+    pub fn load(path: &std::path::Path, device: &B::Device) -> Result<Self, ShiftError> {
+        let (estimator, meta) = crate::estimator::load_estimator::<B>(path, device)
+            .map_err(|e| ShiftError::Other(e.to_string()))?;
+        let class_conditional = meta.model.num_classes > 0;
+        Ok(Self {
+            estimator,
+            class_conditional,
+        })
+    }
+}
+
+impl<B: Backend> NoiseMeter<B> for EstimatorMeter<B> {
+    fn posterior_mean_tau(
+        &mut self,
+        x: Tensor<B, 4>,
+        labels: &[i64],
+    ) -> Result<Vec<f64>, ShiftError> {
+        let y = self.class_conditional.then(|| {
+            Tensor::<B, 1, burn::tensor::Int>::from_data(
+                burn::tensor::TensorData::new(labels.to_vec(), [labels.len()]),
+                &x.device(),
+            )
+        });
+        crate::estimator::estimate_tau(&self.estimator, x, y)
+            .map(|(mean, _)| mean)
+            .map_err(|e| ShiftError::Other(e.to_string()))
+    }
+}
+
 /// δ statistics of one sampler step.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ShiftStep {

@@ -497,7 +497,11 @@ pub fn train<B: AutodiffBackend>(
         static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
         B::seed(device, cfg.seed);
-        model_cfg.init(device)?
+        let model: Dit<B> = model_cfg.init(device)?;
+        // burn 0.21 draws a parameter's initial values on first use: read each one here,
+        // under the lock.
+        crate::ema::materialise(&model);
+        model
     };
     if let Some(init) = &cfg.init {
         let (sd, _info) = nag_models::checkpoint::load_state_dict(init, &Default::default())?;

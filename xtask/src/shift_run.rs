@@ -150,8 +150,12 @@ impl BackendTask for Task<'_> {
         ];
         let schedule = run_schedule(&cfg);
         let (measure_name, results) = if let Some(est) = &args.estimator {
-            // ESTIMATOR_METER
-            bail!("--estimator {}: pending", est.display());
+            let mut meter = nag_train::shift::EstimatorMeter::<B::InnerBackend>::load(est, &device)
+                .with_context(|| format!("loading the estimator {}", est.display()))?;
+            (
+                "estimator",
+                measure(&model, &mut meter, &labels, &sample, &settings)?,
+            )
         } else {
             let options = DataOptions {
                 seed: cfg.seed,
