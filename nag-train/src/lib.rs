@@ -11,13 +11,20 @@
 //! - [`sampling`]: DDPM, DDIM, SDE and ODE samplers over a [`sampling::DiffusionModel`].
 //! - [`guided`]: guidance as a model wrapper ([`guided::GuidedDit`]).
 //! - [`generate`]: sampling a trained model end to end.
+//! - [`metrics`]: sample quality: Fréchet distance, k-NN precision / recall, the feature
+//!   classifier, exact `gmm` metrics.
+//! - [`estimator`]: training, loading and validating the noise-level estimator `g_φ(τ | x)`.
+//! - [`shift`]: noise-shift measurement along sampling trajectories.
 #![warn(missing_docs)]
 
 pub mod data;
-pub mod image;
 pub mod ema;
+pub mod estimator;
 pub mod generate;
 pub mod guided;
+pub mod image;
+pub mod metrics;
 pub mod objective;
 pub mod sampling;
+pub mod shift;
 pub mod train;

@@ -178,7 +178,7 @@ impl<'m, B: Backend> ShiftRecorder<'m, B> {
 
     /// Handles one sampler step (pass `|info| recorder.observe(info)` as the callback).
     pub fn observe(&mut self, info: StepInfo<B>) {
-        if self.error.is_some() || info.step % self.every.max(1) != 0 {
+        if self.error.is_some() || !info.step.is_multiple_of(self.every.max(1)) {
             return;
         }
         let tau = info.at.tau;

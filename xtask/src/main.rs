@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 mod data;
 mod estimator;
+mod eval;
+mod features;
 mod forward;
 mod sample;
 mod shift;
@@ -17,15 +19,14 @@ mod train;
 #[command(name = "cargo xtask", version, about, args_override_self = true)]
 struct Cli {
     /// TOML file of options for the subcommand (keys are the option names, e.g. `steps = 500`,
-    /// `noise-dropout = 0.2` or `noise_dropout = 0.2`); options on the command line win.
+    /// `noise-dropout = 0.2` or `noise_dropout = 0.2`); options written after it win.
     #[arg(long, global = true, value_name = "FILE.toml")]
     config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Expands `--config FILE` into the flags it holds, placed right after the subcommand so that
-/// flags given on the command line (later, so they win) override them.
+/// Expands `--config FILE` into the flags it holds, in its place on the command line.
 fn expand_config(args: Vec<String>) -> anyhow::Result<Vec<String>> {
     use anyhow::Context;
     let Some(i) = args
@@ -59,13 +60,11 @@ fn expand_config(args: Vec<String>) -> anyhow::Result<Vec<String>> {
             other => anyhow::bail!("{path}: option '{key}' has an unsupported value {other}"),
         }
     }
-    let mut rest: Vec<String> = args[..i].to_vec();
-    rest.extend(args[i + skip..].iter().cloned());
-    // rest[0] is the program, rest[1] the subcommand.
-    let at = 2.min(rest.len());
-    let mut out = rest[..at].to_vec();
+    // The file's flags take the place of `--config FILE`: flags written after it win, and it
+    // works at any depth of subcommands (`estimator train --config f.toml`).
+    let mut out: Vec<String> = args[..i].to_vec();
     out.extend(flags);
-    out.extend(rest[at..].iter().cloned());
+    out.extend(args[i + skip..].iter().cloned());
     Ok(out)
 }
 
@@ -84,6 +83,11 @@ enum Command {
     /// Train the noise-level estimator g_φ(τ|x) or validate it against the exact gmm posterior.
     #[command(subcommand)]
     Estimator(estimator::EstimatorCmd),
+    /// Sample quality of a run: FD, precision / recall in classifier features (+ exact gmm metrics).
+    Eval(eval::EvalArgs),
+    /// Train the feature classifier used by `eval` (FD, precision / recall).
+    #[command(subcommand)]
+    Features(features::FeaturesCmd),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +106,8 @@ fn main() -> ExitCode {
         Command::Forward(args) => forward::run(args),
         Command::Data(args) => data::run(args),
         Command::Estimator(cmd) => estimator::run(cmd),
+        Command::Eval(args) => eval::run(args),
+        Command::Features(cmd) => features::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

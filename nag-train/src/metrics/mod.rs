@@ -1,0 +1,139 @@
+//! Sample-quality metrics.
+//!
+//! - [`fd`]: the Fréchet distance between two sets of feature vectors,
+//!   `FD = |μ₁ − μ₂|² + tr Σ₁ + tr Σ₂ − 2·tr (Σ₁Σ₂)^½` (FID when the features are InceptionV3's),
+//!   with a self-contained Jacobi eigen-solver for the matrix square root.
+//! - [`prdc`]: k-NN precision / recall (Kynkäänniemi et al. 2019) and density / coverage
+//!   (Naeem et al. 2020).
+//! - [`features`]: a small convolutional classifier trained on the dataset whose pooled
+//!   activations are the feature space of the built-in FD and precision / recall.
+//! - [`gmm_metrics`]: exact metrics on `gmm` data: mean log-density of samples under the data
+//!   mixture and per-mode coverage.
+//! - [`inception`]: the documented InceptionV3 FID weights file; the network itself is not
+//!   implemented in this build (see the module docs).
+//!
+//! All functions check their input (empty sets, mismatched dimensions, non-finite values) and
+//! return [`MetricsError`] instead of panicking.
+
+pub mod fd;
+pub mod features;
+pub mod gmm_metrics;
+pub mod inception;
+pub mod prdc;
+
+use std::path::PathBuf;
+
+pub use fd::{frechet_distance, jacobi_eigen, FeatureStats, SymmetricEigen};
+pub use features::{FeatureExtractor, FeatureNet, FeatureNetConfig, FeatureTrainConfig};
+pub use gmm_metrics::{gmm_metrics, GmmReport};
+pub use prdc::{prdc, Prdc};
+
+/// Errors of the metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// Unusable input: an empty or too small set, mismatched dimensions, non-finite values.
+    #[error("{0}")]
+    Input(String),
+    /// An invalid option.
+    #[error("invalid metrics option: {0}")]
+    Config(String),
+    /// The Jacobi eigen-solver did not converge (not expected for finite symmetric input).
+    #[error("symmetric eigen-decomposition of a {n}×{n} matrix did not converge in {sweeps} sweeps (off-diagonal norm {off:e})")]
+    NoConvergence {
+        /// Matrix size.
+        n: usize,
+        /// Sweeps done.
+        sweeps: usize,
+        /// Remaining off-diagonal Frobenius norm.
+        off: f64,
+    },
+    /// The feature network or another model failed.
+    #[error("{0}")]
+    Model(String),
+    /// A feature-network training loss became NaN or infinite.
+    #[error("feature classifier loss is {loss} at step {step}; lower the learning rate")]
+    NonFinite {
+        /// Step.
+        step: u64,
+        /// Loss.
+        loss: f32,
+    },
+    /// The requested computation is not available in this build (said honestly, never faked).
+    #[error("{0}")]
+    NotImplemented(String),
+    /// Dataset problem.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// Reading or writing model files.
+    #[error(transparent)]
+    Checkpoint(#[from] nag_models::state_dict::CheckpointError),
+    /// nag-core rejected an argument (Gaussian mixture).
+    #[error(transparent)]
+    Core(#[from] nag_core::Error),
+    /// I/O on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Checks a flat `n × dim` feature array and returns `n`.
+pub(crate) fn check_features<T: Copy + Into<f64>>(
+    what: &str,
+    x: &[T],
+    dim: usize,
+) -> Result<usize, MetricsError> {
+    if dim == 0 {
+        return Err(MetricsError::Input(format!(
+            "{what}: feature dimension must be at least 1"
+        )));
+    }
+    if !x.len().is_multiple_of(dim) {
+        return Err(MetricsError::Input(format!(
+            "{what}: {} values are not a whole number of {dim}-dimensional vectors",
+            x.len()
+        )));
+    }
+    if let Some(i) = x.iter().position(|v| !(*v).into().is_finite()) {
+        return Err(MetricsError::Input(format!(
+            "{what}: value {i} (vector {}) is not finite",
+            i / dim
+        )));
+    }
+    Ok(x.len() / dim)
+}
+
+/// Maps `f(i)` over `0..n` on up to `available_parallelism` scoped threads, in order.
+pub(crate) fn par_map<T: Send, F: Fn(usize) -> T + Sync>(n: usize, f: F) -> Vec<T> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |p| p.get())
+        .clamp(1, 16)
+        .min(n.max(1));
+    if threads <= 1 || n < 64 {
+        return (0..n).map(f).collect();
+    }
+    let chunk = n.div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (t * chunk..((t + 1) * chunk).min(n))
+                        .map(f)
+                        .collect::<Vec<T>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| match h.join() {
+                Ok(v) => v,
+                Err(p) => std::panic::resume_unwind(p),
+            })
+            .collect()
+    })
+}
