@@ -3,12 +3,12 @@
 //! - [`fd`]: the Fréchet distance between two sets of feature vectors,
 //!   `FD = |μ₁ − μ₂|² + tr Σ₁ + tr Σ₂ − 2·tr (Σ₁Σ₂)^½` (FID when the features are InceptionV3's),
 //!   with a self-contained Jacobi eigen-solver for the matrix square root.
-//! - [`prdc`]: k-NN precision / recall (Kynkäänniemi et al. 2019) and density / coverage
-//!   (Naeem et al. 2020).
+//! - [`prdc`](mod@prdc): k-NN precision / recall (Kynkäänniemi et al. 2019) and density /
+//!   coverage (Naeem et al. 2020).
 //! - [`features`]: a small convolutional classifier trained on the dataset whose pooled
 //!   activations are the feature space of the built-in FD and precision / recall.
-//! - [`gmm_metrics`]: exact metrics on `gmm` data: mean log-density of samples under the data
-//!   mixture and per-mode coverage.
+//! - [`gmm_metrics`](mod@gmm_metrics): exact metrics on `gmm` data: mean log-density of
+//!   samples under the data mixture and per-mode coverage.
 //! - [`inception`]: the documented InceptionV3 FID weights file; the network itself is not
 //!   implemented in this build (see the module docs).
 //!
