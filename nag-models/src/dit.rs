@@ -22,7 +22,7 @@ use burn::config::Config;
 use burn::module::{Initializer, Module, Param, ParamId};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::Linear;
-use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -1061,8 +1061,19 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `[N, L, D] → [N, L, D]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(gelu_approximate(self.fc1.forward(x)))
+        self.fc2.forward(gelu_tanh(self.fc1.forward(x)))
     }
+}
+
+/// GELU with the tanh approximation (PyTorch's `approximate="tanh"`, which DiT's MLP uses),
+/// written in its sigmoid form: `½x(1 + tanh z) = x·σ(2z)`, `z = √(2/π)(x + 0.044715x³)`.
+/// Equal in exact arithmetic; on the CPU backends it avoids an f64 `tanh` and an f32 `powf`
+/// per element, which took about a quarter of a training step of the tiny preset.
+/// `sigmoid` is one autodiff node whose backward reads its output, so large |x| stays finite.
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
+    let two_z = x.clone() * (x.clone().square() * (0.044715 * TWO_SQRT_2_OVER_PI) + TWO_SQRT_2_OVER_PI);
+    x * sigmoid(two_z)
 }
 
 /// DiT block with adaLN-Zero conditioning on `c: [N, D]`:

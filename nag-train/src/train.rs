@@ -20,7 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -31,7 +31,7 @@ use nag_models::dit::{Dit, DitConfig, TimeInput};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{open_dataset, stream_rng, DataOptions, Dataset, Loader, LoaderConfig};
+use crate::data::{open_dataset, stream_rng, Batch, DataOptions, Dataset, Loader, LoaderConfig};
 use crate::ema;
 use crate::objective::{self, InterpolantTarget, LossWeight};
 
@@ -126,6 +126,11 @@ pub struct TrainConfig {
     pub image_size: Option<usize>,
     /// Loader worker threads.
     pub workers: usize,
+    /// Micro-batches (see `grad_accum`) computed at once, each on its own thread with its own
+    /// autodiff graph. Execution only: the gradients are summed in micro-batch order, so the
+    /// weights are bit-identical for any value. On the CPU backends one training step uses
+    /// about one core, so `grad_accum = threads = cores` is the fast setting there.
+    pub threads: usize,
     /// Initial weights (`.pt`, `.safetensors`, or a run directory's EMA), e.g. an official
     /// checkpoint to fine-tune for NAG.
     pub init: Option<PathBuf>,
@@ -157,6 +162,7 @@ impl Default for TrainConfig {
             log_every: 10,
             image_size: None,
             workers: 2,
+            threads: 1,
             init: None,
         }
     }
@@ -239,6 +245,9 @@ impl TrainConfig {
                 "--grad-accum {} must divide --batch {}",
                 self.grad_accum, self.batch
             ));
+        }
+        if self.threads == 0 {
+            return bad("--threads must be at least 1".into());
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("--lr must be > 0 (got {})", self.lr));
@@ -539,11 +548,14 @@ pub fn train<B: AutodiffBackend>(
         let stored: TrainConfig =
             serde_json::from_slice(&io(&config_path, fs::read(&config_path))?)
                 .map_err(|e| TrainError::Config(format!("{}: {e}", config_path.display())))?;
+        // What may change on resume: the length, and how the work is spread over threads.
         let mut a = stored.clone();
         a.steps = cfg.steps;
+        a.threads = cfg.threads;
+        a.workers = cfg.workers;
         if &a != cfg {
             return Err(TrainError::Config(format!(
-                "--resume: the options differ from the run's {} (only --steps may change)",
+                "--resume: the options differ from the run's {} (only --steps, --threads and --workers may change)",
                 config_path.display()
             )));
         }
@@ -589,6 +601,9 @@ pub fn train<B: AutodiffBackend>(
         .unwrap_or_else(|| "none yet".into());
     let mut acc = 0.0f64;
     let mut acc_n = 0u64;
+    // Only these receive gradients (not the fixed sin-cos `pos_embed`, whatever graph the
+    // micro-batch ran in).
+    let trainable = trainable_params(&model);
     for step in start..cfg.steps {
         let lr = if cfg.warmup > 0 {
             cfg.lr * ((step + 1) as f64 / cfg.warmup as f64).min(1.0)
@@ -597,28 +612,62 @@ pub fn train<B: AutodiffBackend>(
         };
         let mut grads_acc: Option<GradientsParams> = None;
         let mut step_loss = 0.0f64;
-        for m in 0..cfg.grad_accum {
-            let batch = loader.next_batch()?;
-            let x0 = Tensor::<B, 4>::from_data(TensorData::new(batch.x, batch.shape), device);
-            let y =
-                Tensor::<B, 1, Int>::from_data(TensorData::new(batch.y, [batch.shape[0]]), device);
-            let d = draw(cfg, step, m, batch.shape, ddpm.len());
-            let loss = micro_loss(cfg, &model, &ddpm, interp.as_ref(), x0, y, &d);
-            let loss = loss.div_scalar(cfg.grad_accum as f64);
-            let value: f32 = burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite {
+        let mut next_micro = 0;
+        while next_micro < cfg.grad_accum {
+            // A wave of up to `threads` micro-batches, computed concurrently.
+            let wave = cfg.threads.min(cfg.grad_accum - next_micro);
+            let batches = (0..wave)
+                .map(|i| Ok((next_micro + i, loader.next_batch()?)))
+                .collect::<Result<Vec<_>, TrainError>>()?;
+            next_micro += wave;
+            let results: Vec<(f32, GradientsParams)> = if wave == 1 {
+                let (m, batch) = batches.into_iter().next().expect("one batch");
+                vec![micro_step(
+                    cfg,
                     step,
-                    loss: value,
-                    last: last_ckpt,
+                    m,
+                    &model,
+                    &ddpm,
+                    interp.as_ref(),
+                    batch,
+                    &trainable,
+                    device,
+                )]
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = batches
+                        .into_iter()
+                        .map(|(m, batch)| {
+                            // Own leaves (same ParamIds, shared data): a separate graph.
+                            let local = model.clone().map(&mut FreshLeaves);
+                            let (ddpm, interp, trainable) = (&ddpm, interp.as_ref(), &trainable);
+                            scope.spawn(move || {
+                                micro_step(
+                                    cfg, step, m, &local, ddpm, interp, batch, trainable, device,
+                                )
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().expect("a training thread panicked"))
+                        .collect()
+                })
+            };
+            for (value, grads) in results {
+                if !value.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        step,
+                        loss: value,
+                        last: last_ckpt,
+                    });
+                }
+                step_loss += value as f64;
+                grads_acc = Some(match grads_acc {
+                    None => grads,
+                    Some(prev) => merge_grads::<B>(prev, grads, &model),
                 });
             }
-            step_loss += value as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            grads_acc = Some(match grads_acc {
-                None => grads,
-                Some(prev) => merge_grads::<B>(prev, grads, &model),
-            });
         }
         model = optim.step(lr, model, grads_acc.expect("grad_accum ≥ 1"));
         let decay = ema::decay_at(cfg.ema_decay, ema_updates, cfg.ema_warmup);
@@ -678,6 +727,64 @@ pub fn train<B: AutodiffBackend>(
         final_loss: log.last().map_or(f64::NAN, |l| l.1),
         first_loss: log.first().map_or(f64::NAN, |l| l.1),
     })
+}
+
+/// One micro-batch `m` of optimiser step `step`: its loss (already divided by `grad_accum`)
+/// and its gradients.
+#[allow(clippy::too_many_arguments)]
+fn micro_step<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    step: u64,
+    m: usize,
+    model: &Dit<B>,
+    ddpm: &DdpmSchedule,
+    interp: Option<&Schedule>,
+    batch: Batch,
+    trainable: &[ParamId],
+    device: &B::Device,
+) -> (f32, GradientsParams) {
+    let x0 = Tensor::<B, 4>::from_data(TensorData::new(batch.x, batch.shape), device);
+    let y = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.y, [batch.shape[0]]), device);
+    let d = draw(cfg, step, m, batch.shape, ddpm.len());
+    let loss = micro_loss(cfg, model, ddpm, interp, x0, y, &d).div_scalar(cfg.grad_accum as f64);
+    let value: f32 = burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
+    let mut grads = loss.backward();
+    let grads = GradientsParams::from_params(&mut grads, model, trainable);
+    (value, grads)
+}
+
+/// The ids of the parameters that require gradients.
+fn trainable_params<B: AutodiffBackend>(model: &Dit<B>) -> Vec<ParamId> {
+    struct Ids(Vec<ParamId>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if param.val().is_require_grad() {
+                self.0.push(param.id);
+            }
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    model.visit(&mut ids);
+    ids.0
+}
+
+/// Replaces every parameter by a fresh autodiff leaf over the same data and `ParamId`, so that
+/// micro-batches on different threads build disjoint graphs.
+struct FreshLeaves;
+
+impl<B: AutodiffBackend> ModuleMapper<B> for FreshLeaves {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        // Frozen parameters (the fixed sin-cos `pos_embed`) stay frozen.
+        param.map(|t| {
+            let trainable = t.is_require_grad();
+            let leaf = t.detach();
+            if trainable {
+                leaf.require_grad()
+            } else {
+                leaf
+            }
+        })
+    }
 }
 
 /// Sums two gradient sets parameter by parameter (gradient accumulation).

@@ -59,6 +59,40 @@ fn resume_is_bit_exact() {
 }
 
 #[test]
+fn threads_do_not_change_the_result() {
+    let device = Default::default();
+    let base = std::env::temp_dir().join(format!("nag-threads-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let accumulated = TrainConfig {
+        steps: 2,
+        grad_accum: 2,
+        ..small_run()
+    };
+    let weights = |threads: usize, name: &str| {
+        let cfg = TrainConfig {
+            threads,
+            ..accumulated.clone()
+        };
+        train::<B>(&cfg, &base.join(name), false, &device, |_| {}).unwrap();
+        std::fs::read(base.join(name).join("ema.safetensors")).unwrap()
+    };
+    let sequential = weights(1, "one");
+    let concurrent = weights(2, "two");
+    assert!(
+        sequential == concurrent,
+        "micro-batches on two threads changed the weights"
+    );
+    // The comparison can fail: a different split of the batch gives different weights.
+    let unsplit = TrainConfig {
+        steps: 2,
+        ..small_run()
+    };
+    train::<B>(&unsplit, &base.join("unsplit"), false, &device, |_| {}).unwrap();
+    assert!(std::fs::read(base.join("unsplit").join("ema.safetensors")).unwrap() != sequential);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
 fn impossible_options_are_errors() {
     for cfg in [
         TrainConfig {
@@ -68,6 +102,10 @@ fn impossible_options_are_errors() {
         TrainConfig {
             batch: 3,
             grad_accum: 2,
+            ..small_run()
+        },
+        TrainConfig {
+            threads: 0,
             ..small_run()
         },
         TrainConfig {

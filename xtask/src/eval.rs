@@ -185,7 +185,7 @@ impl SplitMix {
 
 /// `count` distinct indices of `0..len` (a partial Fisher–Yates shuffle, or rejection of
 /// repeats for a small share of a large dataset), or `None` if `len < count`.
-fn pick_indices(len: usize, count: usize, seed: u64) -> Option<Vec<usize>> {
+pub(crate) fn pick_indices(len: usize, count: usize, seed: u64) -> Option<Vec<usize>> {
     if len < count {
         return None;
     }
@@ -211,7 +211,7 @@ fn pick_indices(len: usize, count: usize, seed: u64) -> Option<Vec<usize>> {
 }
 
 /// Real items `indices` as one flat array and their labels.
-fn load_items(dataset: &dyn Dataset, indices: &[usize], seed: u64) -> Result<(Vec<f32>, Vec<i64>)> {
+pub(crate) fn load_items(dataset: &dyn Dataset, indices: &[usize], seed: u64) -> Result<(Vec<f32>, Vec<i64>)> {
     let mut x = Vec::new();
     let mut y = Vec::with_capacity(indices.len());
     for &i in indices {

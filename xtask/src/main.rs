@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod data;
 mod estimator;
 mod eval;
+mod experiment;
 mod features;
 mod forward;
 mod sample;
@@ -88,6 +89,9 @@ enum Command {
     /// Train the feature classifier used by `eval` (FD, precision / recall).
     #[command(subcommand)]
     Features(features::FeaturesCmd),
+    /// The README's experiment: `experiment nag` trains the default model on gmm data and
+    /// tabulates noise shift, FD, precision / recall and exact log-density with and without NAG.
+    Experiment(experiment::ExperimentArgs),
 }
 
 fn main() -> ExitCode {
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         Command::Estimator(cmd) => estimator::run(cmd),
         Command::Eval(args) => eval::run(args),
         Command::Features(cmd) => features::run(cmd),
+        Command::Experiment(args) => experiment::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -78,6 +78,10 @@ pub struct TrainArgs {
     /// Data loader worker threads.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Micro-batches computed at once, one thread each (does not change the result; with
+    /// --grad-accum = --threads = cores a CPU step uses every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Image size of generated datasets.
     #[arg(long)]
     pub image_size: Option<usize>,
@@ -103,6 +107,8 @@ pub fn default_config() -> TrainConfig {
         model: "tiny".into(),
         steps: 1500,
         batch: 32,
+        // Two micro-batches of 16, computed on two threads (`--threads`) on a CPU.
+        grad_accum: 2,
         lr: 5e-4,
         warmup: 100,
         grad_clip: Some(1.0),
@@ -139,7 +145,8 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
         seed,
         checkpoint_every,
         log_every,
-        workers
+        workers,
+        threads
     );
     if let Some(v) = args.grad_clip {
         cfg.grad_clip = Some(v);
@@ -178,31 +185,50 @@ struct Task<'a> {
 impl BackendTask for Task<'_> {
     type Output = Result<nag_train::train::TrainSummary>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        train_with_progress::<B>(&self.cfg, self.out, self.resume, &device)
+    }
+}
+
+/// Threads for micro-batches when `--threads` is not given: on a CPU one micro-batch keeps
+/// about one core busy, so as many at once as there are cores (never changes the result).
+pub fn default_threads(spec: DeviceSpec, grad_accum: usize) -> usize {
+    match spec {
+        DeviceSpec::Cpu | DeviceSpec::Flex => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(grad_accum),
+        DeviceSpec::Cuda(_) => 1,
+    }
+}
+
+/// Trains per `cfg` into `out` with a progress bar (loss, steps/s, ETA) on stderr.
+pub fn train_with_progress<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    device: &B::Device,
+) -> Result<nag_train::train::TrainSummary> {
+    {
         let start = Instant::now();
         let mut first_step: Option<(u64, Instant)> = None;
-        let summary = train::<B>(&self.cfg, self.out, self.resume, &device, |p: Progress| {
+        let summary = train::<B>(cfg, out, resume, device, |p: Progress| {
             let (s0, t0) = *first_step.get_or_insert((p.step, Instant::now()));
-            let rate = if p.step > s0 {
-                (p.step - s0) as f64 / t0.elapsed().as_secs_f64()
+            // Speed from the first report on (model set-up is not in it).
+            let speed = if p.step > s0 {
+                let rate = (p.step - s0) as f64 / t0.elapsed().as_secs_f64();
+                let eta = ((p.total - p.step) as f64 / rate).round() as u64;
+                format!("{rate:.2} steps/s ETA {}:{:02}", eta / 60, eta % 60)
             } else {
-                0.0
-            };
-            let eta = if rate > 0.0 {
-                (p.total - p.step) as f64 / rate
-            } else {
-                f64::NAN
+                "measuring speed".to_string()
             };
             let width = 30;
             let filled = (width as u64 * p.step / p.total) as usize;
             eprint!(
-                "\r[{}{}] {}/{} loss {:.4} {:.2} steps/s ETA {:.0}s   ",
+                "\r[{}{}] {}/{} loss {:.4} {speed}   ",
                 "#".repeat(filled),
                 ".".repeat(width - filled),
                 p.step,
                 p.total,
                 p.loss,
-                rate,
-                eta
             );
             let _ = std::io::stderr().flush();
         })?;
@@ -220,8 +246,11 @@ impl BackendTask for Task<'_> {
 
 /// Runs `cargo xtask train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let cfg = resolve(args)?;
+    let mut cfg = resolve(args)?;
     let spec = DeviceSpec::parse(&args.device)?;
+    if args.threads.is_none() {
+        cfg.threads = default_threads(spec, cfg.grad_accum);
+    }
     if args.out.exists() && !args.resume && args.out.join("checkpoints").join("latest").exists() {
         bail!(
             "{} already holds a run; pass --resume to continue it or --out to start a new one",
