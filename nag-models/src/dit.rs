@@ -1072,7 +1072,8 @@ impl<B: Backend> Mlp<B> {
 /// `sigmoid` is one autodiff node whose backward reads its output, so large |x| stays finite.
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
-    let two_z = x.clone() * (x.clone().square() * (0.044715 * TWO_SQRT_2_OVER_PI) + TWO_SQRT_2_OVER_PI);
+    let two_z =
+        x.clone() * (x.clone().square() * (0.044715 * TWO_SQRT_2_OVER_PI) + TWO_SQRT_2_OVER_PI);
     x * sigmoid(two_z)
 }
 

@@ -16,7 +16,7 @@ use crate::checkpoint::write_atomic;
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
     /// The file could not be opened, read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: String,

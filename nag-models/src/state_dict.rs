@@ -46,7 +46,7 @@ pub enum CheckpointError {
         reason: String,
     },
     /// I/O error on a named file.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: String,

@@ -306,7 +306,7 @@ pub enum EstimatorError {
         loss: f32,
     },
     /// I/O on a named path.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The path.
         path: PathBuf,

@@ -28,3 +28,15 @@ pub mod objective;
 pub mod sampling;
 pub mod shift;
 pub mod train;
+
+/// An error and its chain of causes in one line, `outer: cause: root` (as `anyhow`'s `{:#}`
+/// prints them), for errors that must travel as text.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
+}

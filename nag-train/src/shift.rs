@@ -103,7 +103,7 @@ impl<B: Backend> EstimatorMeter<B> {
     /// Loads an estimator saved by `cargo xtask estimator train` (folder or file).
     pub fn load(path: &std::path::Path, device: &B::Device) -> Result<Self, ShiftError> {
         let (estimator, meta) = crate::estimator::load_estimator::<B>(path, device)
-            .map_err(|e| ShiftError::Other(e.to_string()))?;
+            .map_err(|e| ShiftError::Other(crate::error_chain(&e)))?;
         let class_conditional = meta.model.num_classes > 0;
         Ok(Self {
             estimator,

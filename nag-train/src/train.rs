@@ -194,7 +194,7 @@ pub enum TrainError {
         last: String,
     },
     /// I/O on a named path.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -832,6 +832,6 @@ fn write_loss_plot(path: &Path, log: &[(u64, f64)]) -> Result<(), TrainError> {
     plot.add_series("loss", points);
     plot.save(path).map_err(|e| TrainError::Io {
         path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
+        source: std::io::Error::other(crate::error_chain(&e)),
     })
 }

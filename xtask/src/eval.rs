@@ -211,7 +211,11 @@ pub(crate) fn pick_indices(len: usize, count: usize, seed: u64) -> Option<Vec<us
 }
 
 /// Real items `indices` as one flat array and their labels.
-pub(crate) fn load_items(dataset: &dyn Dataset, indices: &[usize], seed: u64) -> Result<(Vec<f32>, Vec<i64>)> {
+pub(crate) fn load_items(
+    dataset: &dyn Dataset,
+    indices: &[usize],
+    seed: u64,
+) -> Result<(Vec<f32>, Vec<i64>)> {
     let mut x = Vec::new();
     let mut y = Vec::with_capacity(indices.len());
     for &i in indices {

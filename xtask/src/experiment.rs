@@ -170,7 +170,9 @@ pub fn run(args: &ExperimentArgs) -> Result<()> {
         );
     }
     if args.n < 10 {
-        bail!("--n must be at least 10 (FD and k-NN recall need a few samples; 250 is the default)");
+        bail!(
+            "--n must be at least 10 (FD and k-NN recall need a few samples; 250 is the default)"
+        );
     }
     if args.steps == 0 {
         bail!("--steps must be at least 1");
@@ -194,7 +196,14 @@ pub fn run(args: &ExperimentArgs) -> Result<()> {
         bail!("--cfg must be ≥ 1 (1 = off; got {})", args.cfg);
     }
     let spec = DeviceSpec::parse(&args.device)?;
-    let results = dispatch(spec, Task { args, spec, sampler })??;
+    let results = dispatch(
+        spec,
+        Task {
+            args,
+            spec,
+            sampler,
+        },
+    )??;
     print_table(&results, &args.out);
     Ok(())
 }
@@ -245,7 +254,9 @@ impl BackendTask for Task<'_> {
             crate::features::train_and_report::<B>(&fcfg, &features_dir, &device)?;
         }
         let extractor = FeatureExtractor::<B::InnerBackend>::load(&features_dir, &device)
-            .with_context(|| format!("loading the feature classifier {}", features_dir.display()))?;
+            .with_context(|| {
+                format!("loading the feature classifier {}", features_dir.display())
+            })?;
         let dim = extractor.dim();
 
         // 3. Data, real statistics.
@@ -269,7 +280,10 @@ impl BackendTask for Task<'_> {
         let real_stats = FeatureStats::from_features(&real_feats, dim)?;
         let fd_real_baseline = frechet_distance(
             &real_stats,
-            &FeatureStats::from_features(&extractor.features_from_slice(&real2, [n, c, h, w])?, dim)?,
+            &FeatureStats::from_features(
+                &extractor.features_from_slice(&real2, [n, c, h, w])?,
+                dim,
+            )?,
         )?;
         let real_report = gmm_metrics(mixture, &real, Some(&real_labels), None)?;
 
@@ -460,7 +474,9 @@ fn write_outputs(out: &Path, r: &Results) -> Result<()> {
         p.render()
     };
     let grid = side_by_side(&[
-        panel("late noise shift", "delta (tau < 0.2)", &|row| row.late_delta),
+        panel("late noise shift", "delta (tau < 0.2)", &|row| {
+            row.late_delta
+        }),
         panel("Frechet distance", "FD", &|row| row.fd),
         panel("log-density", "nats", &|row| row.log_density),
         panel("precision", "precision", &|row| row.precision),

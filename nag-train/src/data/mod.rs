@@ -69,7 +69,7 @@ pub enum OnError {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// An I/O error on a file or folder.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file or folder.
         path: PathBuf,
@@ -382,8 +382,9 @@ impl SkipLog {
         let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
         bad.insert(index);
         if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let why = crate::error_chain(err);
             eprintln!(
-                "warning: {dataset}: skipping unreadable file ({err}); further skips are \
+                "warning: {dataset}: skipping unreadable file ({why}); further skips are \
                  counted silently"
             );
         }

@@ -71,7 +71,7 @@ pub enum MetricsError {
     #[error(transparent)]
     Core(#[from] nag_core::Error),
     /// I/O on a named path.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The path.
         path: PathBuf,

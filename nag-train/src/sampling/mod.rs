@@ -153,7 +153,7 @@ pub enum SamplingError {
     },
     /// A prediction conversion (ε/x̂0/v/score) is undefined at this τ, e.g. ε → v at pure noise
     /// on the Linear path, or a score where σ = 0. Use [`TimeOffsets`] to stay away from the end.
-    #[error("prediction conversion undefined at τ = {tau}: {source}")]
+    #[error("prediction conversion undefined at τ = {tau}")]
     Conversion {
         /// The τ.
         tau: f64,
