@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod data;
 mod estimator;
 mod eval;
@@ -92,6 +93,9 @@ enum Command {
     /// The README's experiment: `experiment nag` trains the default model on gmm data and
     /// tabulates noise shift, FD, precision / recall and exact log-density with and without NAG.
     Experiment(experiment::ExperimentArgs),
+    /// Time a DiT training step and forward here and, with --torch PYTHON, in the PyTorch
+    /// reference on the same machine; prints the ratios.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Features(cmd) => features::run(cmd),
         Command::Experiment(args) => experiment::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,266 @@
+//! `cargo xtask bench`: time a DiT training step and an inference forward on this build's
+//! backend and, with `--torch PYTHON`, the same network in PyTorch on the same machine in the
+//! same run (`../shared/bench/torch_dit_ref.py`), reported as ratios.
+//!
+//! The configuration mirrors the PyTorch reference: a DiT of the given depth / width / heads /
+//! patch on `[batch, 4, size, size]` latents, 1000 classes, learned sigma (8 output channels),
+//! loss `mean((out[:, :4] − x)²)`, AdamW (lr 1e-4, no weight decay); median of `--iters`
+//! timed repetitions after one warm-up each. Timings are wall-clock and machine-dependent: only
+//! the ratio between the two implementations measured together means anything.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use clap::Args;
+use nag_backends::{dispatch, BackendTask, DeviceSpec};
+use nag_models::dit::DitConfig;
+use serde::Serialize;
+
+/// Arguments of `cargo xtask bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 12)]
+    pub depth: usize,
+    /// Token width.
+    #[arg(long, default_value_t = 384)]
+    pub hidden: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 6)]
+    pub heads: usize,
+    /// Patch size.
+    #[arg(long, default_value_t = 2)]
+    pub patch: usize,
+    /// Latent side (4 channels).
+    #[arg(long, default_value_t = 32)]
+    pub size: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Python interpreter with torch installed: also time the PyTorch reference and print
+    /// the ratios.
+    #[arg(long)]
+    pub torch: Option<PathBuf>,
+    /// The PyTorch reference script.
+    #[arg(long, default_value = "../shared/bench/torch_dit_ref.py")]
+    pub torch_script: PathBuf,
+    /// PyTorch threads (0 = its default).
+    #[arg(long, default_value_t = 0)]
+    pub torch_threads: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Device: cpu, flex, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// What one implementation measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    /// Median milliseconds of one training step (forward, loss, backward, AdamW update).
+    pub train_step_ms: f64,
+    /// Median milliseconds of one inference forward.
+    pub forward_ms: f64,
+    /// Parameter count.
+    pub params: usize,
+}
+
+/// Median of `iters` timed calls of `f`, after one untimed warm-up call.
+fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..iters)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+struct Task<'a> {
+    args: &'a BenchArgs,
+    config: DitConfig,
+}
+
+impl BackendTask for Task<'_> {
+    type Output = Result<Timing>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Timing> {
+        let (a, config) = (self.args, self.config);
+        B::seed(&device, 0);
+        let mut model = config.init::<B>(&device).context("building the model")?;
+        let params = burn::module::Module::num_params(&model);
+        let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+        let n = a.batch;
+        let numel = n * 4 * a.size * a.size;
+        let values: Vec<f32> = (0..numel)
+            .map(|i| ((i as f32) * 0.618_034).fract() * 2.0 - 1.0)
+            .collect();
+        let x_data = TensorData::new(values, [n, 4, a.size, a.size]);
+        let t_data = TensorData::new((0..n).map(|i| (i * 997 % 1000) as f32).collect(), [n]);
+        let y_data = TensorData::new((0..n).map(|i| (i * 37 % 1000) as i64).collect(), [n]);
+
+        // Every timed call ends in a host read, so asynchronous backends are measured whole.
+        let mut train_step = || {
+            let x = Tensor::<B, 4>::from_data(x_data.clone(), &device);
+            let t = Tensor::<B, 1>::from_data(t_data.clone(), &device);
+            let y = Tensor::<B, 1, Int>::from_data(y_data.clone(), &device);
+            let out = model.clone().forward(x.clone(), t, y, None, None);
+            let loss = (out.narrow(1, 0, 4) - x).square().mean();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(1e-4, model.clone(), grads);
+            let _ = model
+                .t_embedder
+                .mlp_0
+                .weight
+                .val()
+                .slice([0..1, 0..1])
+                .into_data();
+        };
+        let train_step_ms = median_ms(a.iters, &mut train_step);
+
+        let inference = model.valid();
+        let inner = device.clone();
+        let forward = || {
+            let x = Tensor::<B::InnerBackend, 4>::from_data(x_data.clone(), &inner);
+            let t = Tensor::<B::InnerBackend, 1>::from_data(t_data.clone(), &inner);
+            let y = Tensor::<B::InnerBackend, 1, Int>::from_data(y_data.clone(), &inner);
+            let out = inference.forward(x, t, y, None, None);
+            let _ = out.slice([0..1, 0..1, 0..1, 0..1]).into_data();
+        };
+        let forward_ms = median_ms(a.iters, forward);
+        let _ = <B::InnerBackend as Backend>::sync(&inner);
+        Ok(Timing {
+            train_step_ms,
+            forward_ms,
+            params,
+        })
+    }
+}
+
+/// Runs the PyTorch reference with the same configuration and parses its JSON line.
+fn torch_timing(a: &BenchArgs, python: &PathBuf) -> Result<(Timing, usize)> {
+    if !a.torch_script.is_file() {
+        bail!(
+            "the PyTorch reference {} does not exist; pass its path with --torch-script",
+            a.torch_script.display()
+        );
+    }
+    let out = Command::new(python)
+        .arg(&a.torch_script)
+        .args(["--depth", &a.depth.to_string()])
+        .args(["--hidden", &a.hidden.to_string()])
+        .args(["--heads", &a.heads.to_string()])
+        .args(["--patch", &a.patch.to_string()])
+        .args(["--size", &a.size.to_string()])
+        .args(["--batch", &a.batch.to_string()])
+        .args(["--iters", &a.iters.to_string()])
+        .args(["--threads", &a.torch_threads.to_string()])
+        .output()
+        .with_context(|| format!("running {} (--torch)", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "the PyTorch reference failed ({}); is torch installed for {}? Its output:\n{}",
+            out.status,
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("the PyTorch reference printed no JSON line")?;
+    let v: serde_json::Value =
+        serde_json::from_str(line).context("the PyTorch reference's JSON line")?;
+    let num = |k: &str| {
+        v[k].as_f64()
+            .with_context(|| format!("the PyTorch reference's JSON has no number '{k}'"))
+    };
+    Ok((
+        Timing {
+            train_step_ms: num("train_step_ms")?,
+            forward_ms: num("forward_ms")?,
+            params: num("params")? as usize,
+        },
+        num("torch_threads")? as usize,
+    ))
+}
+
+/// Runs `cargo xtask bench`.
+pub fn run(a: &BenchArgs) -> Result<()> {
+    if a.iters == 0 || a.batch == 0 {
+        bail!("--iters and --batch must be at least 1");
+    }
+    let config = DitConfig::new(a.size, a.patch, 4, a.hidden, a.depth, a.heads, 1000)
+        .with_null_timestep(true);
+    config
+        .validate()
+        .context("the benchmark's model (--depth/--hidden/--heads/--patch/--size)")?;
+    let spec = DeviceSpec::parse(&a.device)?;
+    let burn = dispatch(spec, Task { args: a, config })??;
+    let torch = match &a.torch {
+        Some(python) => Some(torch_timing(a, python)?),
+        None => None,
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if a.json {
+        let mut v = serde_json::json!({
+            "config": {"depth": a.depth, "hidden": a.hidden, "heads": a.heads, "patch": a.patch,
+                       "size": a.size, "batch": a.batch, "iters": a.iters},
+            "device": a.device,
+            "burn": burn,
+        });
+        if let Some((t, torch_threads)) = &torch {
+            v["torch"] = serde_json::to_value(t)?;
+            v["torch_threads"] = (*torch_threads).into();
+            v["ratio_train_step"] = (burn.train_step_ms / t.train_step_ms).into();
+            v["ratio_forward"] = (burn.forward_ms / t.forward_ms).into();
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "DiT depth {} hidden {} heads {} patch {} on [{}, 4, {}, {}], median of {} ({} on {}, {} cores)",
+        a.depth, a.hidden, a.heads, a.patch, a.batch, a.size, a.size, a.iters, a.device,
+        std::env::consts::ARCH, threads
+    );
+    println!(
+        "{:<14} {:>14} {:>12} {:>12}",
+        "", "train step ms", "forward ms", "params"
+    );
+    println!(
+        "{:<14} {:>14.1} {:>12.1} {:>12}",
+        "burn", burn.train_step_ms, burn.forward_ms, burn.params
+    );
+    if let Some((t, torch_threads)) = &torch {
+        println!(
+            "{:<14} {:>14.1} {:>12.1} {:>12}",
+            format!("torch ({torch_threads} thr)"),
+            t.train_step_ms,
+            t.forward_ms,
+            t.params
+        );
+        println!(
+            "{:<14} {:>14.2} {:>12.2}   (burn / torch; < 1 is faster than PyTorch)",
+            "ratio",
+            burn.train_step_ms / t.train_step_ms,
+            burn.forward_ms / t.forward_ms
+        );
+    } else {
+        println!("(pass --torch PYTHON, a Python with torch, to time the PyTorch reference too)");
+    }
+    Ok(())
+}
