@@ -9,8 +9,8 @@
 //!   activations are the feature space of the built-in FD and precision / recall.
 //! - [`gmm_metrics`](mod@gmm_metrics): exact metrics on `gmm` data: mean log-density of
 //!   samples under the data mixture and per-mode coverage.
-//! - [`inception`]: the documented InceptionV3 FID weights file; the network itself is not
-//!   implemented in this build (see the module docs).
+//! - [`inception`]: pytorch-fid's InceptionV3 (2048-d pool features for FID), loaded from the
+//!   user's `pt_inception-2015-12-05-6726825d.pth`.
 //!
 //! All functions check their input (empty sets, mismatched dimensions, non-finite values) and
 //! return [`MetricsError`] instead of panicking.
