@@ -2,7 +2,8 @@
 //!
 //! - [`fd`]: the Fréchet distance between two sets of feature vectors,
 //!   `FD = |μ₁ − μ₂|² + tr Σ₁ + tr Σ₂ − 2·tr (Σ₁Σ₂)^½` (FID when the features are InceptionV3's),
-//!   with a self-contained Jacobi eigen-solver for the matrix square root.
+//!   with a self-contained symmetric eigen-solver, and a low-rank path when there are fewer
+//!   samples than dimensions.
 //! - [`prdc`](mod@prdc): k-NN precision / recall (Kynkäänniemi et al. 2019) and density /
 //!   coverage (Naeem et al. 2020).
 //! - [`features`]: a small convolutional classifier trained on the dataset whose pooled
@@ -23,7 +24,7 @@ pub mod prdc;
 
 use std::path::PathBuf;
 
-pub use fd::{frechet_distance, jacobi_eigen, FeatureStats, SymmetricEigen};
+pub use fd::{frechet_distance, symmetric_eigen, FeatureStats, SymmetricEigen};
 pub use features::{FeatureExtractor, FeatureNet, FeatureNetConfig, FeatureTrainConfig};
 pub use gmm_metrics::{gmm_metrics, GmmReport};
 pub use prdc::{prdc, Prdc};
@@ -37,15 +38,15 @@ pub enum MetricsError {
     /// An invalid option.
     #[error("invalid metrics option: {0}")]
     Config(String),
-    /// The Jacobi eigen-solver did not converge (not expected for finite symmetric input).
-    #[error("symmetric eigen-decomposition of a {n}×{n} matrix did not converge in {sweeps} sweeps (off-diagonal norm {off:e})")]
+    /// The symmetric eigen-solver did not converge (not expected for finite symmetric input).
+    #[error("symmetric eigen-decomposition of a {n}×{n} matrix: eigenvalue {index} did not converge in {iterations} QL iterations")]
     NoConvergence {
         /// Matrix size.
         n: usize,
-        /// Sweeps done.
-        sweeps: usize,
-        /// Remaining off-diagonal Frobenius norm.
-        off: f64,
+        /// Index of the eigenvalue being found.
+        index: usize,
+        /// Iterations spent on it.
+        iterations: usize,
     },
     /// The feature network or another model failed.
     #[error("{0}")]
