@@ -150,8 +150,8 @@ fn preset_names() -> String {
         }
     }
     for (n, ..) in SMALL_PRESETS {
-        names.push(n.to_string());
-        names.push(format!("SiT-{n}"));
+        names.push(format!("{n}[/1|2|4|8]"));
+        names.push(format!("SiT-{n}[/p]"));
     }
     names.join(", ")
 }
@@ -175,7 +175,8 @@ impl DitConfig {
     /// - `SiT-{S,B,L,XL}/{2,4,8}`: the same networks with the SiT clock and
     ///   `learn_sigma = false`.
     /// - `tiny` (depth 4, hidden 128, 4 heads, patch 2) and `small` (depth 6, hidden 256,
-    ///   4 heads, patch 2) for CPU runs, DiT-style; `SiT-tiny`, `SiT-small` likewise.
+    ///   4 heads, patch 2) for CPU runs, DiT-style; `SiT-tiny`, `SiT-small` likewise; a suffix
+    ///   `/p` (`tiny/4`) sets another patch size (1, 2, 4 or 8).
     ///
     /// `input_size`, `in_channels` and `num_classes` (0 = unconditional) are the data's.
     pub fn preset(
@@ -196,27 +197,36 @@ impl DitConfig {
         } else {
             (false, lower.as_str())
         };
-        let (depth, hidden, heads, patch) =
-            if let Some(&(_, d, h, nh, p)) = SMALL_PRESETS.iter().find(|s| s.0 == rest) {
-                (d, h, nh, p)
-            } else {
-                // "xl/2" etc.: only with an explicit family prefix
-                if rest.len() == lower.len() {
-                    return Err(unknown());
-                }
-                let (variant, patch) = rest.split_once('/').ok_or_else(unknown)?;
-                let patch: usize = match patch {
-                    "2" => 2,
-                    "4" => 4,
-                    "8" => 8,
-                    _ => return Err(unknown()),
-                };
-                let &(_, d, h, nh) = VARIANTS
-                    .iter()
-                    .find(|v| v.0.eq_ignore_ascii_case(variant))
-                    .ok_or_else(unknown)?;
-                (d, h, nh, patch)
+        // A CPU preset with an optional patch size: "tiny", "tiny/4".
+        let (small_name, small_patch) = match rest.split_once('/') {
+            Some((n, p)) => (n, p.parse::<usize>().ok()),
+            None => (rest, None),
+        };
+        let small = SMALL_PRESETS.iter().find(|s| s.0 == small_name);
+        let (depth, hidden, heads, patch) = if let Some(&(_, d, h, nh, p)) = small {
+            match (rest.contains('/'), small_patch) {
+                (false, _) => (d, h, nh, p),
+                (true, Some(p @ (1 | 2 | 4 | 8))) => (d, h, nh, p),
+                (true, _) => return Err(unknown()),
+            }
+        } else {
+            // "xl/2" etc.: only with an explicit family prefix
+            if rest.len() == lower.len() {
+                return Err(unknown());
+            }
+            let (variant, patch) = rest.split_once('/').ok_or_else(unknown)?;
+            let patch: usize = match patch {
+                "2" => 2,
+                "4" => 4,
+                "8" => 8,
+                _ => return Err(unknown()),
             };
+            let &(_, d, h, nh) = VARIANTS
+                .iter()
+                .find(|v| v.0.eq_ignore_ascii_case(variant))
+                .ok_or_else(unknown)?;
+            (d, h, nh, patch)
+        };
         let config = DitConfig::new(
             input_size,
             patch,

@@ -148,8 +148,18 @@ fn presets_follow_the_reference_table() {
         DitConfig::preset("SiT-tiny", 8, 4, 0).unwrap().time_input,
         TimeInput::SitClock
     );
+    let t4 = DitConfig::preset("tiny/4", 16, 3, 10).unwrap();
+    assert_eq!((t4.depth, t4.hidden_size, t4.patch_size), (4, 128, 4));
+    assert_eq!(
+        DitConfig::preset("SiT-small/1", 8, 4, 0)
+            .unwrap()
+            .patch_size,
+        1
+    );
 
-    for bad in ["DiT-M/2", "DiT-XL/3", "XL/2", "huge", ""] {
+    for bad in [
+        "DiT-M/2", "DiT-XL/3", "XL/2", "huge", "", "tiny/3", "tiny/", "small/x",
+    ] {
         match DitConfig::preset(bad, 32, 4, 1000) {
             Err(e @ ModelError::UnknownPreset { .. }) => {
                 let msg = e.to_string();
