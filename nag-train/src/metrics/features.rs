@@ -524,12 +524,7 @@ impl<B: Backend> FeatureExtractor<B> {
         x: &[f32],
         shape: [usize; 4],
     ) -> Result<Vec<f32>, MetricsError> {
-        if x.len() != shape.iter().product::<usize>() {
-            return Err(MetricsError::Input(format!(
-                "{} values do not match shape {shape:?}",
-                x.len()
-            )));
-        }
+        super::check_image_slice(x, shape)?;
         let t = Tensor::<B, 4>::from_data(TensorData::new(x.to_vec(), shape), &self.device);
         self.features(t)
     }

@@ -857,12 +857,7 @@ impl<B: Backend> InceptionV3<B> {
         x: &[f32],
         shape: [usize; 4],
     ) -> Result<Vec<f32>, MetricsError> {
-        if x.len() != shape.iter().product::<usize>() {
-            return Err(MetricsError::Input(format!(
-                "{} values do not match shape {shape:?}",
-                x.len()
-            )));
-        }
+        super::check_image_slice(x, shape)?;
         Self::check_input(shape)?;
         let n = shape[0];
         let per = x.len() / n;

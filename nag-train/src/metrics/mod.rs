@@ -108,6 +108,17 @@ pub(crate) fn check_features<T: Copy + Into<f64>>(
     Ok(x.len() / dim)
 }
 
+/// Checks that row-major images `x` hold exactly `shape = [N, C, H, W]` values.
+pub(crate) fn check_image_slice(x: &[f32], shape: [usize; 4]) -> Result<(), MetricsError> {
+    if x.len() != shape.iter().product::<usize>() {
+        return Err(MetricsError::Input(format!(
+            "{} values do not match shape {shape:?}",
+            x.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Maps `f(i)` over `0..n` on up to `available_parallelism` scoped threads, in order.
 pub(crate) fn par_map<T: Send, F: Fn(usize) -> T + Sync>(n: usize, f: F) -> Vec<T> {
     let threads = std::thread::available_parallelism()
