@@ -402,7 +402,12 @@ pub fn trace_sqrt_product_low_rank(
     f2: &[f64],
     dim: usize,
 ) -> Result<f64, MetricsError> {
-    if dim == 0 || f1.len() % dim != 0 || f2.len() % dim != 0 || f1.is_empty() || f2.is_empty() {
+    if dim == 0
+        || !f1.len().is_multiple_of(dim)
+        || !f2.len().is_multiple_of(dim)
+        || f1.is_empty()
+        || f2.is_empty()
+    {
         return Err(MetricsError::Input(format!(
             "trace_sqrt_product_low_rank: need two non-empty row-major factors with {dim} columns"
         )));
