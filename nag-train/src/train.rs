@@ -492,7 +492,6 @@ pub fn train<B: AutodiffBackend>(
     mut on_progress: impl FnMut(Progress),
 ) -> Result<TrainSummary, TrainError> {
     cfg.validate()?;
-    io(run_dir, fs::create_dir_all(run_dir.join("checkpoints")))?;
     let data_opts = DataOptions {
         seed: cfg.seed,
         image_size: cfg.image_size,
@@ -500,6 +499,8 @@ pub fn train<B: AutodiffBackend>(
     };
     let dataset: Arc<dyn Dataset> = Arc::from(open_dataset(&cfg.data, &data_opts)?);
     let model_cfg = cfg.model_config(dataset.as_ref())?;
+    // Only once the data and the model are known to be usable: a bad option leaves no run.
+    io(run_dir, fs::create_dir_all(run_dir.join("checkpoints")))?;
     // burn's initialisers draw from the backend's process-wide RNG: seed and initialise under
     // one lock so concurrent runs in one process cannot interleave their draws.
     let mut model: Dit<B> = {

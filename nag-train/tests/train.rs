@@ -117,12 +117,18 @@ fn impossible_options_are_errors() {
             ..small_run()
         },
         TrainConfig {
+            model: "tiny/3".into(),
+            ..small_run()
+        },
+        TrainConfig {
             data: "/nonexistent/folder".into(),
             ..small_run()
         },
     ] {
         let dir = std::env::temp_dir().join(format!("nag-bad-{}", std::process::id()));
-        assert!(train::<B>(&cfg, &dir, false, &Default::default(), |_| {}).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+        assert!(train::<B>(&cfg, &dir, false, &Default::default(), |_| {}).is_err());
+        // A rejected option leaves no run directory behind.
+        assert!(!dir.exists(), "{cfg:?} left {}", dir.display());
     }
 }
