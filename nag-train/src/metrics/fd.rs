@@ -19,7 +19,7 @@
 //! rounding, `O(d³)`: seconds at `d = 2048`). With Inception pool features this is FID; here the
 //! features are usually those of the dataset's own classifier ([`super::features`]).
 
-use super::{check_features, par_map, MetricsError};
+use super::{check_features, par_map, par_rows_mut, MetricsError};
 
 /// Eigen-decomposition `A = V diag(λ) Vᵀ` of a symmetric matrix.
 #[derive(Debug, Clone, PartialEq)]
@@ -248,33 +248,6 @@ fn tridiagonal_ql(
         }
     }
     Ok(())
-}
-
-/// Runs `f(r, row)` on every `len`-long row of `data` (row `r` of the slice), on up to
-/// `available_parallelism` scoped threads.
-fn par_rows_mut(data: &mut [f64], len: usize, f: impl Fn(usize, &mut [f64]) + Sync) {
-    let rows = data.len() / len;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |p| p.get())
-        .clamp(1, 16);
-    if threads <= 1 || rows * len < 1 << 16 {
-        data.chunks_exact_mut(len)
-            .enumerate()
-            .for_each(|(r, row)| f(r, row));
-        return;
-    }
-    let per = rows.div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|s| {
-        for (t, block) in data.chunks_mut(per * len).enumerate() {
-            s.spawn(move || {
-                block
-                    .chunks_exact_mut(len)
-                    .enumerate()
-                    .for_each(|(r, row)| f(t * per + r, row));
-            });
-        }
-    });
 }
 
 /// Mean and covariance of a set of feature vectors.
