@@ -10,7 +10,7 @@ use nag_train::image::{save_png_grid_with, GridOptions};
 /// Arguments of `cargo xtask data`.
 #[derive(Debug, Args)]
 pub struct DataArgs {
-    /// Dataset: shapes, shapes32, gmm, or a path.
+    /// Dataset: shapes, shapes32, shapes-scattered, gmm, or a path.
     #[arg(long, default_value = "shapes")]
     pub data: String,
     /// Number of items to show.

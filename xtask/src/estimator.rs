@@ -27,7 +27,8 @@ pub enum EstimatorCmd {
 /// Arguments of `cargo xtask estimator train`.
 #[derive(Debug, Args)]
 pub struct EstimatorTrainArgs {
-    /// Dataset: gmm, gmm32, shapes, shapes32, or a path (image folder, latents, IDX).
+    /// Dataset: gmm, gmm32, shapes, shapes32, shapes-scattered, or a path (image folder,
+    /// latents, IDX).
     #[arg(long)]
     pub data: Option<String>,
     /// Image size of generated datasets.

@@ -23,7 +23,8 @@ pub enum FeaturesCmd {
 /// Arguments of `cargo xtask features train`.
 #[derive(Debug, Args)]
 pub struct FeaturesTrainArgs {
-    /// Dataset: shapes, shapes32, gmm, or a path (image folder, latents, IDX); use the run's.
+    /// Dataset: shapes, shapes32, shapes-scattered, gmm, or a path (image folder, latents,
+    /// IDX); use the run's.
     #[arg(long, default_value = "shapes")]
     pub data: String,
     /// Image size of generated datasets (as the run's `image_size`).

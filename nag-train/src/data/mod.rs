@@ -31,7 +31,7 @@ pub use gmm::{GmmConfig, GmmDataset};
 pub use idx::IdxDataset;
 pub use latents::LatentDataset;
 pub use loader::{Loader, LoaderConfig};
-pub use shapes::{ShapesConfig, ShapesDataset, SHAPE_NAMES};
+pub use shapes::{ShapesConfig, ShapesDataset, ShapesLayout, SHAPE_NAMES};
 
 /// One example: `x` is `[C, H, W]` row-major (images in `[−1, 1]`), `y` the class label.
 #[derive(Debug, Clone, PartialEq)]
@@ -228,8 +228,9 @@ impl Default for DataOptions {
 pub const DEFAULT_VIRTUAL_LEN: usize = 50_000;
 
 /// Opens a dataset from a spec:
-/// - `"shapes"`, `"shapes16"`, `"shapes32"`: [`ShapesDataset`] (size from the name, else
-///   `options.image_size`, else 16);
+/// - `"shapes"`, `"shapes16"`, `"shapes32"`: [`ShapesDataset`], centred layout (size from the
+///   name, else `options.image_size`, else 16); `"shapes-scattered"` (`…16`, `…32`): the
+///   scattered layout ([`ShapesLayout`]);
 /// - `"gmm"`, `"gmm16"`, `"gmm32"`: [`GmmDataset`] with [`GmmConfig`] defaults;
 /// - a path: a folder holding `latents.npy` / `latents.safetensors` → latents; a folder holding
 ///   `train-images-idx3-ubyte[.gz]` → IDX; any other folder → image folder; `*.npy` /
@@ -244,11 +245,19 @@ pub fn open_dataset(spec: &str, options: &DataOptions) -> Result<Box<dyn Dataset
         }
     };
     let len = options.len.unwrap_or(DEFAULT_VIRTUAL_LEN);
-    if let Some(rest) = spec.strip_prefix("shapes").filter(|r| is_digits(r)) {
+    let shapes = [
+        ("shapes-scattered", ShapesLayout::Scattered),
+        ("shapes", ShapesLayout::Centred),
+    ]
+    .into_iter()
+    .find_map(|(name, layout)| Some((spec.strip_prefix(name)?, layout)))
+    .filter(|(rest, _)| is_digits(rest));
+    if let Some((rest, layout)) = shapes {
         let config = ShapesConfig {
             size: size_of(rest, 16)?,
             len,
             seed: options.seed,
+            layout,
             hflip: options.hflip.unwrap_or(false),
         };
         return Ok(Box::new(ShapesDataset::new(config)?));
@@ -260,8 +269,9 @@ pub fn open_dataset(spec: &str, options: &DataOptions) -> Result<Box<dyn Dataset
     if !path.exists() {
         return Err(DataError::bad(
             path,
-            "no such file or folder; expected 'shapes', 'shapes32', 'gmm', an image folder (one \
-             subfolder per class), latents (.npy / .safetensors) or MNIST-style IDX files",
+            "no such file or folder; expected 'shapes', 'shapes32', 'shapes-scattered', 'gmm', an \
+             image folder (one subfolder per class), latents (.npy / .safetensors) or \
+             MNIST-style IDX files",
         ));
     }
     let lower = file_name_lower(path);
@@ -553,6 +563,10 @@ mod tests {
         assert_eq!((d.shape(), d.len(), d.num_classes()), ([3, 16, 16], 10, 10));
         let d = open_dataset("shapes32", &opts).unwrap();
         assert_eq!(d.shape(), [3, 32, 32]);
+        let d = open_dataset("shapes-scattered32", &opts).unwrap();
+        assert_eq!(d.shape(), [3, 32, 32]);
+        assert!(d.name().starts_with("shapes-scattered32"), "{}", d.name());
+        assert!(open_dataset("shapes-scatteredX", &opts).is_err());
         let d = open_dataset("gmm", &opts).unwrap();
         assert_eq!((d.shape(), d.num_classes()), ([3, 16, 16], 10));
         let err = open_dataset("/definitely/not/here", &opts).unwrap_err();
