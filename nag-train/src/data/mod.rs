@@ -245,13 +245,11 @@ pub fn open_dataset(spec: &str, options: &DataOptions) -> Result<Box<dyn Dataset
         }
     };
     let len = options.len.unwrap_or(DEFAULT_VIRTUAL_LEN);
-    let shapes = [
-        ("shapes-scattered", ShapesLayout::Scattered),
-        ("shapes", ShapesLayout::Centred),
-    ]
-    .into_iter()
-    .find_map(|(name, layout)| Some((spec.strip_prefix(name)?, layout)))
-    .filter(|(rest, _)| is_digits(rest));
+    // Longest name first: "shapes-scattered32" also starts with "shapes".
+    let shapes = ShapesLayout::ALL
+        .into_iter()
+        .find_map(|layout| Some((spec.strip_prefix(layout.spec_name())?, layout)))
+        .filter(|(rest, _)| is_digits(rest));
     if let Some((rest, layout)) = shapes {
         let config = ShapesConfig {
             size: size_of(rest, 16)?,

@@ -101,6 +101,17 @@ pub enum ShapesLayout {
 }
 
 impl ShapesLayout {
+    /// Both layouts, the one with the longer spec name first (for prefix matching).
+    pub const ALL: [ShapesLayout; 2] = [ShapesLayout::Scattered, ShapesLayout::Centred];
+
+    /// The dataset spec name of this layout (`shapes`, `shapes-scattered`; a size may follow).
+    pub fn spec_name(self) -> &'static str {
+        match self {
+            Self::Centred => "shapes",
+            Self::Scattered => "shapes-scattered",
+        }
+    }
+
     /// `(centre jitter, radius range)` as fractions of the side; `None` jitter = anywhere.
     fn geometry(self) -> (Option<f64>, core::ops::Range<f64>) {
         match self {
@@ -132,7 +143,7 @@ impl Default for ShapesConfig {
             size: 16,
             len: super::DEFAULT_VIRTUAL_LEN,
             seed: 0,
-            layout: ShapesLayout::Centred,
+            layout: ShapesLayout::default(),
             hflip: false,
         }
     }
@@ -243,13 +254,11 @@ impl Dataset for ShapesDataset {
     }
 
     fn name(&self) -> String {
-        let layout = match self.config.layout {
-            ShapesLayout::Centred => "",
-            ShapesLayout::Scattered => "-scattered",
-        };
         format!(
-            "shapes{layout}{} (seed {})",
-            self.config.size, self.config.seed
+            "{}{} (seed {})",
+            self.config.layout.spec_name(),
+            self.config.size,
+            self.config.seed
         )
     }
 }
