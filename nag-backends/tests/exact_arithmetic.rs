@@ -72,8 +72,7 @@ fn log_and_quotient_gradients_are_exact_reciprocals() {
         let g = t.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
         assert_reciprocals("gradient of log", g, &positive);
         // d/da Σ a / b = 1/b.
-        let a = Tensor::<AD, 1>::from_data(TensorData::new(values(n), [n]), &device)
-            .require_grad();
+        let a = Tensor::<AD, 1>::from_data(TensorData::new(values(n), [n]), &device).require_grad();
         let b = Tensor::<AD, 1>::from_data(TensorData::new(x.clone(), [n]), &device);
         let grads = (a.clone() / b).sum().backward();
         let g = a.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
