@@ -5,7 +5,7 @@
 //!
 //! | feature           | backend                        | device strings        |
 //! |-------------------|--------------------------------|-----------------------|
-//! | `ndarray` (default) | `burn-ndarray`, rayon (no `simd`, see Cargo.toml) | `cpu` |
+//! | `ndarray` (default) | `burn-ndarray`, rayon (no `simd`: see `tests/exact_arithmetic.rs`) | `cpu` |
 //! | `openblas-system` | the same, matmul through system OpenBLAS | `cpu`       |
 //! | `flex`            | `burn-flex` (pure-Rust gemm)   | `flex`                |
 //! | `cuda`            | `burn-cuda` (CubeCL + fusion)  | `cuda`, `cuda:N`      |

@@ -4,8 +4,10 @@
 //! reciprocal estimate, and in place only on the aligned part of the buffer. That reciprocal is
 //! the gradient of `log` and of a quotient's numerator, so with `simd` on, gradients were off by
 //! up to ~4e-4 relative and changed with where the allocator put a tensor: two training runs of
-//! the same seed parted after a few hundred steps. nag-backends builds burn-ndarray without
-//! `simd`; these tests fail if it comes back (directly or through feature unification).
+//! the same seed parted after a few hundred steps (fixed upstream in macerator PR #47, not in the
+//! 0.3 line burn-ndarray 0.21 depends on). The workspace Cargo.toml builds burn-ndarray without
+//! `simd`; these tests fail if it comes back (directly or through feature unification). Matmuls
+//! are vectorised either way (matrixmultiply), and training measured as fast without it.
 #![cfg(feature = "ndarray")]
 
 use nag_backends::burn::tensor::{Tensor, TensorData};
