@@ -5,7 +5,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use burn_autodiff::Autodiff;
 use burn_ndarray::NdArray;
 use nag_core::guidance::{Branch, Guidance};
-use nag_models::dit::{sincos_pos_embed_2d, timestep_embedding};
+use nag_models::dit::{gelu_tanh, sincos_pos_embed_2d, timestep_embedding};
 use nag_models::{CheckpointError, Dit, DitConfig, DitHints, ModelError, StateDict, TimeInput};
 
 type B = NdArray<f32>;
@@ -825,5 +825,38 @@ fn layer_norm_has_no_affine_and_eps_1e6() {
     let var = (4.0 + 1.0 + 0.0 + 9.0) / 4.0;
     for (g, v) in got.iter().zip([1.0, 2.0, 3.0, 6.0]) {
         assert!((*g as f64 - (v - mean) / (var + 1e-6f64).sqrt()).abs() < 1e-6);
+    }
+}
+
+/// `gelu_tanh` against PyTorch's tanh formula in f64, value and derivative, including |x| large
+/// enough that a naive `x / (1 + e^{−2z})` would overflow to `∞` and give a NaN gradient.
+#[test]
+fn gelu_tanh_matches_the_tanh_formula_and_stays_finite() {
+    const K: f64 = 0.797_884_560_802_865_4; // √(2/π)
+    let gelu = |x: f64| 0.5 * x * (1.0 + (K * (x + 0.044715 * x.powi(3))).tanh());
+    let dgelu = |x: f64| {
+        let z = K * (x + 0.044715 * x.powi(3));
+        let t = z.tanh();
+        0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 3.0 * 0.044715 * x * x)
+    };
+    let mut xs: Vec<f32> = (-400..=400).map(|i| i as f32 * 0.02).collect();
+    xs.extend([-1e4, -200.0, -30.0, -12.0, 12.0, 30.0, 200.0, 1e4]);
+    let device = Default::default();
+    let x = Tensor::<AD, 1>::from_floats(xs.as_slice(), &device).require_grad();
+    let y = gelu_tanh(x.clone());
+    let grads = y.clone().sum().backward();
+    let dy = values(x.grad(&grads).unwrap());
+    let y = values(y.inner());
+    for ((&xi, &yi), &gi) in xs.iter().zip(&y).zip(&dy) {
+        let (want, dwant) = (gelu(xi as f64), dgelu(xi as f64));
+        assert!(yi.is_finite() && gi.is_finite(), "x = {xi}: y = {yi}, dy = {gi}");
+        assert!(
+            (yi as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+            "x = {xi}: gelu {yi} vs {want}"
+        );
+        assert!(
+            (gi as f64 - dwant).abs() <= 1e-5 * (1.0 + dwant.abs()),
+            "x = {xi}: gelu' {gi} vs {dwant}"
+        );
     }
 }
