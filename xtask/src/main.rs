@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod allocator;
 mod bench;
 mod data;
 mod estimator;
@@ -99,6 +100,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::tune_for_tensors();
     let args = match expand_config(std::env::args().collect()) {
         Ok(a) => a,
         Err(e) => {
