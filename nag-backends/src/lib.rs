@@ -75,6 +75,17 @@ impl DeviceSpec {
         Ok(spec)
     }
 
+    /// How many independent pieces of work (training micro-batches, sampling batch chunks) to
+    /// run at once on this device: one per core on the CPU backends, which are built without
+    /// threads of their own (see the workspace manifest), and 1 on a GPU, which parallelises
+    /// inside each kernel.
+    pub fn concurrent_batches(self) -> usize {
+        match self {
+            Self::Cpu | Self::Flex => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Self::Cuda(_) => 1,
+        }
+    }
+
     fn parse_name(s: &str) -> Result<Self, BackendError> {
         let lower = s.trim().to_ascii_lowercase();
         match lower.as_str() {

@@ -61,6 +61,9 @@ pub struct SampleConfig {
     /// DDPM/DDIM: clamp x̂0 to [−1, 1] at every step (the reference's `clip_denoised`: on for
     /// pixel data, off for latents as DiT samples them).
     pub clip_x0: bool,
+    /// Batch chunks evaluated concurrently ([`GuidedDit::with_threads`]): the CPU's core
+    /// count on a CPU, 1 on a GPU. Does not change the samples.
+    pub threads: usize,
 }
 
 impl SampleConfig {
@@ -124,7 +127,7 @@ pub fn generate<B: Backend>(
     }
     let mc = model.config();
     let device = model.device();
-    let mut guided = GuidedDit::new(model, labels, guidance)?;
+    let mut guided = GuidedDit::new(model, labels, guidance)?.with_threads(cfg.threads);
     let mut noise = SeededNormal::new(cfg.seed);
     let shape = [labels.len(), mc.in_channels, mc.input_size, mc.input_size];
     let x_t: Tensor<B, 4> = noise.normal(shape, &device);

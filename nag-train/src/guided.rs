@@ -14,6 +14,8 @@ pub struct GuidedDit<'a, B: Backend> {
     model: &'a Dit<B>,
     labels: Tensor<B, 1, Int>,
     guidance: Guidance,
+    /// Batch chunks evaluated concurrently per network evaluation (see [`Self::with_threads`]).
+    threads: usize,
     /// Network evaluations so far, counted per sample-branch batch (one per `predict`).
     pub calls: usize,
     /// Branch evaluations so far (`calls` × branches).
@@ -56,9 +58,20 @@ impl<'a, B: Backend> GuidedDit<'a, B> {
             model,
             labels,
             guidance,
+            threads: 1,
             calls: 0,
             branch_evals: 0,
         })
+    }
+
+    /// Splits every network evaluation's batch into up to `threads` contiguous chunks,
+    /// evaluated concurrently. On a CPU one forward keeps about one core busy (burn-ndarray is
+    /// built without its own threads, see the workspace manifest), so this is how sampling uses
+    /// every core; on a GPU leave it at 1. The result does not depend on it: every sample's
+    /// arithmetic is the same whatever else is in its batch.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
     }
 
     /// The value the network is fed for time point `at`.
@@ -87,11 +100,35 @@ impl<B: Backend> DiffusionModel<B> for GuidedDit<'_, B> {
         let plan = self.guidance.plan(at.tau);
         self.calls += 1;
         self.branch_evals += plan.len();
-        let t = Tensor::<B, 1>::full([n], self.network_time(at), &x.device());
-        let out = self
-            .model
-            .forward_guided(x, t, self.labels.clone(), &plan)
-            .expect("inputs and plan were checked when the GuidedDit was built");
+        let time = self.network_time(at);
+        let forward = |model: &Dit<B>, x: Tensor<B, 4>, labels: Tensor<B, 1, Int>| {
+            let t = Tensor::<B, 1>::full([x.dims()[0]], time, &x.device());
+            model
+                .forward_guided(x, t, labels, &plan)
+                .expect("inputs and plan were checked when the GuidedDit was built")
+        };
+        let chunk = n.div_ceil(self.threads.min(n).max(1));
+        let out = if chunk >= n {
+            forward(self.model, x, self.labels.clone())
+        } else {
+            let parts: Vec<Tensor<B, 4>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..n)
+                    .step_by(chunk)
+                    .map(|start| {
+                        let len = chunk.min(n - start);
+                        let x = x.clone().narrow(0, start, len);
+                        let labels = self.labels.clone().narrow(0, start, len);
+                        let (model, forward) = (self.model.clone(), &forward);
+                        scope.spawn(move || forward(&model, x, labels))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a sampling thread panicked"))
+                    .collect()
+            });
+            Tensor::cat(parts, 0)
+        };
         let pred = out.clone().narrow(1, 0, c);
         let var_interp = (out.dims()[1] == 2 * c).then(|| out.narrow(1, c, c));
         let pred = match self.model.config().time_input {

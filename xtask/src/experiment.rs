@@ -305,6 +305,7 @@ impl BackendTask for Task<'_> {
             seed: args.seed,
             path: "linear".into(),
             clip_x0: SampleConfig::clip_for_channels(mc.in_channels),
+            threads: self.spec.concurrent_batches(),
         };
         let schedule = crate::shift_run::run_schedule(&cfg);
         let mut meter = ExactMeter::new(mixture, &schedule, 400);

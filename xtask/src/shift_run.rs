@@ -133,6 +133,7 @@ impl BackendTask for Task<'_> {
             seed: args.seed,
             path: path.into(),
             clip_x0: SampleConfig::clip_for_channels(mc.in_channels),
+            threads: DeviceSpec::parse(&args.device)?.concurrent_batches(),
         };
         if args.n == 0 {
             bail!("--n must be at least 1");

@@ -196,12 +196,7 @@ impl BackendTask for Task<'_> {
 /// Threads for micro-batches when `--threads` is not given: on a CPU one micro-batch keeps
 /// about one core busy, so as many at once as there are cores (never changes the result).
 pub fn default_threads(spec: DeviceSpec, grad_accum: usize) -> usize {
-    match spec {
-        DeviceSpec::Cpu | DeviceSpec::Flex => std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(grad_accum),
-        DeviceSpec::Cuda(_) => 1,
-    }
+    spec.concurrent_batches().min(grad_accum)
 }
 
 /// Trains per `cfg` into `out` with a progress bar (loss, steps/s, ETA) on stderr.
