@@ -849,7 +849,10 @@ fn gelu_tanh_matches_the_tanh_formula_and_stays_finite() {
     let y = values(y.inner());
     for ((&xi, &yi), &gi) in xs.iter().zip(&y).zip(&dy) {
         let (want, dwant) = (gelu(xi as f64), dgelu(xi as f64));
-        assert!(yi.is_finite() && gi.is_finite(), "x = {xi}: y = {yi}, dy = {gi}");
+        assert!(
+            yi.is_finite() && gi.is_finite(),
+            "x = {xi}: y = {yi}, dy = {gi}"
+        );
         assert!(
             (yi as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
             "x = {xi}: gelu {yi} vs {want}"
