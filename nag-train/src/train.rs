@@ -621,40 +621,10 @@ pub fn train<B: AutodiffBackend>(
                 .map(|i| Ok((next_micro + i, loader.next_batch()?)))
                 .collect::<Result<Vec<_>, TrainError>>()?;
             next_micro += wave;
-            let results: Vec<(f32, GradientsParams)> = if wave == 1 {
-                let (m, batch) = batches.into_iter().next().expect("one batch");
-                vec![micro_step(
-                    cfg,
-                    step,
-                    m,
-                    &model,
-                    &ddpm,
-                    interp.as_ref(),
-                    batch,
-                    &trainable,
-                    device,
-                )]
-            } else {
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = batches
-                        .into_iter()
-                        .map(|(m, batch)| {
-                            // Own leaves (same ParamIds, shared data): a separate graph.
-                            let local = model.clone().map(&mut FreshLeaves);
-                            let (ddpm, interp, trainable) = (&ddpm, interp.as_ref(), &trainable);
-                            scope.spawn(move || {
-                                micro_step(
-                                    cfg, step, m, &local, ddpm, interp, batch, trainable, device,
-                                )
-                            })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().expect("a training thread panicked"))
-                        .collect()
-                })
-            };
+            let (ddpm, interp, trainable) = (&ddpm, interp.as_ref(), &trainable);
+            let results = on_own_graphs(&model, batches, |local, (m, batch)| {
+                micro_step(cfg, step, m, local, ddpm, interp, batch, trainable, device)
+            });
             for (value, grads) in results {
                 if !value.is_finite() {
                     return Err(TrainError::NonFinite {
@@ -666,7 +636,7 @@ pub fn train<B: AutodiffBackend>(
                 step_loss += value as f64;
                 grads_acc = Some(match grads_acc {
                     None => grads,
-                    Some(prev) => merge_grads::<B>(prev, grads, &model),
+                    Some(prev) => sum_gradients::<B>(prev, grads, &model),
                 });
             }
         }
@@ -769,8 +739,39 @@ fn trainable_params<B: AutodiffBackend>(model: &Dit<B>) -> Vec<ParamId> {
     ids.0
 }
 
-/// Replaces every parameter by a fresh autodiff leaf over the same data and `ParamId`, so that
-/// micro-batches on different threads build disjoint graphs.
+/// `f(model, item)` for every item, concurrently, one thread per item, each on its own
+/// autodiff graph: the parameters become fresh leaves over the same data and `ParamId`s, so
+/// every thread's `backward` gives gradients of its own loss only, which [`sum_gradients`]
+/// adds up. This is how a CPU step uses every core (burn-ndarray is built without threads of
+/// its own, see the workspace manifest); one item runs on the calling thread. Results come
+/// back in item order and do not depend on how many ran at once.
+pub fn on_own_graphs<B, T, R, F>(model: &Dit<B>, items: Vec<T>, f: F) -> Vec<R>
+where
+    B: AutodiffBackend,
+    T: Send,
+    R: Send,
+    F: Fn(&Dit<B>, T) -> R + Sync,
+{
+    if items.len() == 1 {
+        return items.into_iter().map(|item| f(model, item)).collect();
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .into_iter()
+            .map(|item| {
+                let local = model.clone().map(&mut FreshLeaves);
+                let f = &f;
+                scope.spawn(move || f(&local, item))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a training thread panicked"))
+            .collect()
+    })
+}
+
+/// Replaces every parameter by a fresh autodiff leaf over the same data and `ParamId`.
 struct FreshLeaves;
 
 impl<B: AutodiffBackend> ModuleMapper<B> for FreshLeaves {
@@ -789,7 +790,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for FreshLeaves {
 }
 
 /// Sums two gradient sets parameter by parameter (gradient accumulation).
-fn merge_grads<B: AutodiffBackend>(
+pub fn sum_gradients<B: AutodiffBackend>(
     a: GradientsParams,
     b: GradientsParams,
     model: &Dit<B>,

@@ -5,7 +5,9 @@
 //! The configuration mirrors the PyTorch reference: a DiT of the given depth / width / heads /
 //! patch on `[batch, 4, size, size]` latents, 1000 classes, learned sigma (8 output channels),
 //! loss `mean((out[:, :4] − x)²)`, AdamW (lr 1e-4, no weight decay); median of `--iters`
-//! timed repetitions after one warm-up each. Timings are wall-clock and machine-dependent: only
+//! timed repetitions after one warm-up each. On a CPU the batch is split into one contiguous
+//! chunk per core, run concurrently, as training and sampling run it here (burn-ndarray is
+//! built without threads of its own). Timings are wall-clock and machine-dependent: only
 //! the ratio between the two implementations measured together means anything.
 
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use clap::Args;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_models::dit::DitConfig;
+use nag_train::train::{on_own_graphs, sum_gradients};
 use serde::Serialize;
 
 /// Arguments of `cargo xtask bench`.
@@ -92,6 +95,16 @@ fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
 struct Task<'a> {
     args: &'a BenchArgs,
     config: DitConfig,
+    spec: DeviceSpec,
+}
+
+/// A contiguous part of the benchmark batch and its share of it.
+#[derive(Clone)]
+struct Chunk {
+    x: TensorData,
+    t: TensorData,
+    y: TensorData,
+    weight: f64,
 }
 
 impl BackendTask for Task<'_> {
@@ -107,18 +120,45 @@ impl BackendTask for Task<'_> {
         let values: Vec<f32> = (0..numel)
             .map(|i| ((i as f32) * 0.618_034).fract() * 2.0 - 1.0)
             .collect();
-        let x_data = TensorData::new(values, [n, 4, a.size, a.size]);
-        let t_data = TensorData::new((0..n).map(|i| (i * 997 % 1000) as f32).collect(), [n]);
-        let y_data = TensorData::new((0..n).map(|i| (i * 37 % 1000) as i64).collect(), [n]);
+        let t_values: Vec<f32> = (0..n).map(|i| (i * 997 % 1000) as f32).collect();
+        let y_values: Vec<i64> = (0..n).map(|i| (i * 37 % 1000) as i64).collect();
+        // The batch in contiguous chunks, one per concurrent worker, as the trainer and the
+        // sampler split it on this device (`DeviceSpec::concurrent_batches`).
+        let per = n.div_ceil(self.spec.concurrent_batches().min(n));
+        let per_sample = numel / n;
+        let chunks: Vec<Chunk> = (0..n)
+            .step_by(per)
+            .map(|start| {
+                let len = per.min(n - start);
+                Chunk {
+                    x: TensorData::new(
+                        values[start * per_sample..(start + len) * per_sample].to_vec(),
+                        [len, 4, a.size, a.size],
+                    ),
+                    t: TensorData::new(t_values[start..start + len].to_vec(), [len]),
+                    y: TensorData::new(y_values[start..start + len].to_vec(), [len]),
+                    weight: len as f64 / n as f64,
+                }
+            })
+            .collect();
 
         // Every timed call ends in a host read, so asynchronous backends are measured whole.
+        // The loss is the batch mean: each chunk's mean weighted by its share of the batch.
         let mut train_step = || {
-            let x = Tensor::<B, 4>::from_data(x_data.clone(), &device);
-            let t = Tensor::<B, 1>::from_data(t_data.clone(), &device);
-            let y = Tensor::<B, 1, Int>::from_data(y_data.clone(), &device);
-            let out = model.clone().forward(x.clone(), t, y, None, None);
-            let loss = (out.narrow(1, 0, 4) - x).square().mean();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let grads = on_own_graphs(&model, chunks.clone(), |local, c| {
+                let x = Tensor::<B, 4>::from_data(c.x, &device);
+                let t = Tensor::<B, 1>::from_data(c.t, &device);
+                let y = Tensor::<B, 1, Int>::from_data(c.y, &device);
+                let out = local.forward(x.clone(), t, y, None, None);
+                let loss = (out.narrow(1, 0, 4) - x)
+                    .square()
+                    .mean()
+                    .mul_scalar(c.weight);
+                GradientsParams::from_grads(loss.backward(), local)
+            })
+            .into_iter()
+            .reduce(|a, b| sum_gradients(a, b, &model))
+            .expect("at least one chunk");
             model = optim.step(1e-4, model.clone(), grads);
             let _ = model
                 .t_embedder
@@ -133,11 +173,25 @@ impl BackendTask for Task<'_> {
         let inference = model.valid();
         let inner = device.clone();
         let forward = || {
-            let x = Tensor::<B::InnerBackend, 4>::from_data(x_data.clone(), &inner);
-            let t = Tensor::<B::InnerBackend, 1>::from_data(t_data.clone(), &inner);
-            let y = Tensor::<B::InnerBackend, 1, Int>::from_data(y_data.clone(), &inner);
-            let out = inference.forward(x, t, y, None, None);
-            let _ = out.slice([0..1, 0..1, 0..1, 0..1]).into_data();
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = chunks
+                    .iter()
+                    .map(|c| {
+                        let (model, inner) = (inference.clone(), &inner);
+                        scope.spawn(move || {
+                            let x = Tensor::<B::InnerBackend, 4>::from_data(c.x.clone(), inner);
+                            let t = Tensor::<B::InnerBackend, 1>::from_data(c.t.clone(), inner);
+                            let y =
+                                Tensor::<B::InnerBackend, 1, Int>::from_data(c.y.clone(), inner);
+                            let out = model.forward(x, t, y, None, None);
+                            let _ = out.slice([0..1, 0..1, 0..1, 0..1]).into_data();
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().expect("a benchmark thread panicked");
+                }
+            })
         };
         let forward_ms = median_ms(a.iters, forward);
         let _ = <B::InnerBackend as Backend>::sync(&inner);
@@ -210,7 +264,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         .validate()
         .context("the benchmark's model (--depth/--hidden/--heads/--patch/--size)")?;
     let spec = DeviceSpec::parse(&a.device)?;
-    let burn = dispatch(spec, Task { args: a, config })??;
+    let burn = dispatch(
+        spec,
+        Task {
+            args: a,
+            config,
+            spec,
+        },
+    )??;
     let torch = match &a.torch {
         Some(python) => Some(torch_timing(a, python)?),
         None => None,
