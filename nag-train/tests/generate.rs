@@ -1,10 +1,18 @@
-//! Guided sampling end to end on a random tiny DiT: splitting the batch over threads
-//! ([`SampleConfig::threads`]) must not change a single bit of the samples.
+//! Guided sampling end to end on a random tiny DiT: each step runs exactly the branches its
+//! guidance needs in one network evaluation, and splitting the batch over threads
+//! ([`SampleConfig::threads`]) does not change a single bit of the samples.
 
+use burn::tensor::{Tensor, TensorData};
 use burn_ndarray::NdArray;
-use nag_core::guidance::Guidance;
+use nag_core::ddpm::DdpmSchedule;
+use nag_core::guidance::{CfgNagForm, Guidance, Interval};
+use nag_core::prediction::Prediction;
 use nag_models::{Dit, DitConfig};
 use nag_train::generate::{generate, SampleConfig, SamplerKind};
+use nag_train::guided::GuidedDit;
+use nag_train::sampling::{
+    sample_ddim, DdimOptions, DiffusionModel, ModelOutput, TimePoint, ZeroNoise,
+};
 
 type B = NdArray<f32>;
 
@@ -79,4 +87,92 @@ fn threads_do_not_change_the_samples() {
         assert_eq!(one[per..3 * per], swapped[per..3 * per], "{sampler:?}");
         assert_ne!(one[..per], swapped[..per], "{sampler:?}: label 0 vs 9");
     }
+}
+
+/// A [`GuidedDit`] that records, for every network evaluation, its τ and how many branches
+/// it ran.
+struct Recorded<'a, 'm> {
+    guided: GuidedDit<'m, B>,
+    steps: &'a mut Vec<(f64, usize)>,
+}
+
+impl DiffusionModel<B> for Recorded<'_, '_> {
+    fn prediction(&self) -> Prediction {
+        self.guided.prediction()
+    }
+    fn predict(&mut self, x: Tensor<B, 4>, at: TimePoint) -> ModelOutput<B> {
+        let (calls, evals) = (self.guided.calls, self.guided.branch_evals);
+        let out = self.guided.predict(x, at);
+        assert_eq!(
+            self.guided.calls,
+            calls + 1,
+            "one network evaluation per predict"
+        );
+        self.steps.push((at.tau, self.guided.branch_evals - evals));
+        out
+    }
+}
+
+/// One DDIM run of 10 steps on 2 samples: (τ, branches) of every network evaluation, and the
+/// samples.
+fn recorded_run(model: &Dit<B>, guidance: Guidance) -> (Vec<(f64, usize)>, Vec<f32>) {
+    let schedule = DdpmSchedule::dit().with_steps(10).unwrap();
+    let mut steps = Vec::new();
+    let mut recorded = Recorded {
+        guided: GuidedDit::new(model, &[2, 5], guidance).unwrap(),
+        steps: &mut steps,
+    };
+    let x = Tensor::<B, 4>::from_data(
+        TensorData::new(pseudo(5, 2 * 3 * 8 * 8, 1.0), [2, 3, 8, 8]),
+        &Default::default(),
+    );
+    let out = sample_ddim(
+        &mut recorded,
+        &schedule,
+        x,
+        &DdimOptions::default(),
+        &mut ZeroNoise,
+        None,
+    )
+    .unwrap();
+    (steps, out.into_data().to_vec::<f32>().unwrap())
+}
+
+#[test]
+fn every_step_batches_exactly_the_branches_its_guidance_needs() {
+    let model = random_tiny();
+    let branches = |steps: &[(f64, usize)]| steps.iter().map(|s| s.1).collect::<Vec<_>>();
+    let (steps, none) = recorded_run(&model, Guidance::none());
+    assert_eq!(
+        branches(&steps),
+        [1; 10],
+        "no guidance: one branch per step"
+    );
+    let mut four = Guidance::cfg_nag(2.0, 1.5);
+    four.form = CfgNagForm::FourBranch;
+    for (name, g, k) in [
+        ("cfg", Guidance::cfg(2.0), 2),
+        ("nag", Guidance::nag(1.5), 2),
+        ("cfg+nag", Guidance::cfg_nag(2.0, 1.5), 3),
+        ("cfg+nag four-branch", four, 4),
+    ] {
+        let (steps, samples) = recorded_run(&model, g);
+        assert_eq!(branches(&steps), [k; 10], "{name}: {k} branches every step");
+        assert!(samples.iter().all(|v| v.is_finite()), "{name}");
+        assert_ne!(
+            samples, none,
+            "{name}: the extra branches change the samples"
+        );
+    }
+    // NAG only late in sampling, τ ∈ [0, 0.45]: the null-timestep branch joins exactly there.
+    let mut late = Guidance::nag(1.5);
+    late.nag_interval = Some(Interval { lo: 0.0, hi: 0.45 });
+    let (steps, samples) = recorded_run(&model, late);
+    assert_eq!(steps.len(), 10);
+    assert_eq!(steps[0].0, 1.0, "sampling starts at pure noise");
+    for &(tau, k) in &steps {
+        assert_eq!(k, if tau <= 0.45 { 2 } else { 1 }, "τ = {tau}");
+    }
+    assert!(steps.iter().any(|s| s.1 == 1) && steps.iter().any(|s| s.1 == 2));
+    assert_ne!(samples, none);
 }
