@@ -91,12 +91,12 @@ fn threads_do_not_change_the_samples() {
 
 /// A [`GuidedDit`] that records, for every network evaluation, its τ and how many branches
 /// it ran.
-struct Recorded<'a, 'm> {
+struct Recorded<'m> {
     guided: GuidedDit<'m, B>,
-    steps: &'a mut Vec<(f64, usize)>,
+    steps: Vec<(f64, usize)>,
 }
 
-impl DiffusionModel<B> for Recorded<'_, '_> {
+impl DiffusionModel<B> for Recorded<'_> {
     fn prediction(&self) -> Prediction {
         self.guided.prediction()
     }
@@ -117,10 +117,9 @@ impl DiffusionModel<B> for Recorded<'_, '_> {
 /// samples.
 fn recorded_run(model: &Dit<B>, guidance: Guidance) -> (Vec<(f64, usize)>, Vec<f32>) {
     let schedule = DdpmSchedule::dit().with_steps(10).unwrap();
-    let mut steps = Vec::new();
     let mut recorded = Recorded {
         guided: GuidedDit::new(model, &[2, 5], guidance).unwrap(),
-        steps: &mut steps,
+        steps: Vec::new(),
     };
     let x = Tensor::<B, 4>::from_data(
         TensorData::new(pseudo(5, 2 * 3 * 8 * 8, 1.0), [2, 3, 8, 8]),
@@ -135,7 +134,7 @@ fn recorded_run(model: &Dit<B>, guidance: Guidance) -> (Vec<(f64, usize)>, Vec<f
         None,
     )
     .unwrap();
-    (steps, out.into_data().to_vec::<f32>().unwrap())
+    (recorded.steps, out.into_data().to_vec::<f32>().unwrap())
 }
 
 #[test]
@@ -176,3 +175,4 @@ fn every_step_batches_exactly_the_branches_its_guidance_needs() {
     assert!(steps.iter().any(|s| s.1 == 1) && steps.iter().any(|s| s.1 == 2));
     assert_ne!(samples, none);
 }
+

@@ -14,7 +14,6 @@ use burn::optim::{AdamW, AdaptiveMomentumState, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::Tensor;
 use common::{small_run, B};
-use nag_models::checkpoint::load_model_files;
 use nag_models::{Dit, DitConfig};
 use nag_train::train::{train, TrainConfig};
 
@@ -36,19 +35,17 @@ fn moments<const D: usize>(
     (m.time, values(m.moment_1), values(m.moment_2))
 }
 
-/// The parameters, in module order, of the record `name` ("model" or "ema") in checkpoint
-/// directory `dir`, each with its AdamW state from `dir/optim` (matched by burn's random
-/// parameter id, which is why the record files themselves differ byte-wise).
-fn checkpoint(dir: &Path, name: &str) -> Vec<Entry> {
+/// The parameters of the record `name` ("model" or "ema") in checkpoint directory `dir`, in
+/// module order: id, shape, value. The config comes from the run's `ema.json`.
+fn params(dir: &Path, name: &str) -> Vec<(ParamId, Vec<usize>, Vec<f32>)> {
     let run = dir.ancestors().nth(2).unwrap();
-    let (_, config) = load_model_files(&run.join("ema.safetensors")).unwrap();
-    let config: DitConfig = serde_json::from_str(&config).unwrap();
+    let config: DitConfig =
+        serde_json::from_str(&std::fs::read_to_string(run.join("ema.json")).unwrap()).unwrap();
     let device = Default::default();
     let model: Dit<B> = config
         .init(&device)
         .unwrap()
         .load_record(Rec::new().load(dir.join(name), &device).unwrap());
-    let mut optim: OptimRecord = Rec::new().load(dir.join("optim"), &device).unwrap();
 
     struct Params(Vec<(ParamId, Vec<usize>, Vec<f32>)>);
     impl ModuleVisitor<B> for Params {
@@ -60,8 +57,17 @@ fn checkpoint(dir: &Path, name: &str) -> Vec<Entry> {
     }
     let mut params = Params(Vec::new());
     model.visit(&mut params);
-    params
-        .0
+    params.0
+}
+
+/// The trained weights of checkpoint directory `dir`, each with its AdamW state from
+/// `dir/optim`, matched by burn's random parameter id (which is why the record files
+/// themselves differ byte-wise between runs).
+fn checkpoint(dir: &Path) -> Vec<Entry> {
+    let mut optim: OptimRecord = Rec::new()
+        .load(dir.join("optim"), &Default::default())
+        .unwrap();
+    params(dir, "model")
         .into_iter()
         .map(|(id, shape, value)| {
             let state = optim.remove(&id).map(|AdaptorRecord::V1(r)| match r {
@@ -97,12 +103,12 @@ fn resume_is_bit_exact() {
     );
 
     let last = Path::new("checkpoints").join("step-0000004");
-    let model = checkpoint(&full.join(&last), "model");
+    let model = checkpoint(&full.join(&last));
     let trained = model.iter().filter(|e| e.2.is_some()).count();
     // Every parameter but the fixed sin-cos position table has AdamW state from 4 steps.
     assert_eq!(trained, model.len() - 1);
     assert!(model.iter().flat_map(|e| &e.2).all(|s| s.0 == 4));
-    let resumed = checkpoint(&split.join(&last), "model");
+    let resumed = checkpoint(&split.join(&last));
     assert_eq!(model.len(), resumed.len());
     for (i, (x, y)) in model.iter().zip(&resumed).enumerate() {
         assert!(
@@ -112,8 +118,8 @@ fn resume_is_bit_exact() {
         );
     }
     let ema = |run: &Path| -> Vec<Vec<f32>> {
-        let entries = checkpoint(&run.join(&last), "ema");
-        entries.into_iter().map(|e| e.1).collect()
+        let entries = params(&run.join(&last), "ema");
+        entries.into_iter().map(|e| e.2).collect()
     };
     assert!(
         ema(&full) == ema(&split),
@@ -130,7 +136,7 @@ fn resume_is_bit_exact() {
         std::fs::read_to_string(split.join("loss.csv")).unwrap()
     );
     // The comparisons can fail: two more steps change every trained value and moment.
-    let earlier = checkpoint(&full.join("checkpoints/step-0000002"), "model");
+    let earlier = checkpoint(&full.join("checkpoints/step-0000002"));
     for (x, y) in model.iter().zip(&earlier).filter(|(x, _)| x.2.is_some()) {
         assert!(x.1 != y.1 && x.2 != y.2);
     }
