@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::guided::GuidedDit;
 use crate::sampling::{
-    self, DdimOptions, DdpmOptions, NoiseSource, OdeMethod, OdeOptions, SdeOptions, SeededNormal,
-    StepCallback, TimeOffsets,
+    self, DdimOptions, DdpmOptions, DiffusionModel, NoiseSource, OdeMethod, OdeOptions, SdeOptions,
+    SeededNormal, StepCallback, TimeOffsets,
 };
 
 /// Sampler family.
@@ -188,7 +188,9 @@ pub fn generate<B: Backend>(
             let options = OdeOptions {
                 method,
                 steps: cfg.steps.max(1),
-                t_offsets: TimeOffsets::default(),
+                // ε-prediction (DiT) says nothing about the velocity at τ = 0: stop at SiT's
+                // offset, as SiT does for non-velocity models.
+                t_offsets: TimeOffsets::sit_ode(&path, guided.prediction()),
                 ..OdeOptions::default()
             };
             sampling::sample_ode(&mut guided, &path, x_t, &options, callback)?.x

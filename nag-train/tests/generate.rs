@@ -176,3 +176,31 @@ fn every_step_batches_exactly_the_branches_its_guidance_needs() {
     assert_ne!(samples, none);
 }
 
+#[test]
+fn every_sampler_runs_on_a_dit() {
+    // DiT predicts ε; the continuous samplers must stop short of τ = 0, where ε says nothing
+    // about the velocity (the ODE once failed there).
+    let model = random_tiny();
+    for (sampler, steps) in [
+        (SamplerKind::Ddpm, 4),
+        (SamplerKind::Ddim, 4),
+        (SamplerKind::Sde, 4),
+        (SamplerKind::Ode, 4),
+        (SamplerKind::Ode, 0),
+    ] {
+        let cfg = SampleConfig {
+            sampler,
+            steps,
+            eta: 0.0,
+            seed: 1,
+            path: "linear".into(),
+            clip_x0: true,
+            threads: 1,
+        };
+        let x = generate(&model, &[1, 4], Guidance::nag(1.0), &cfg, None)
+            .unwrap_or_else(|e| panic!("{sampler:?} with {steps} steps: {e}"));
+        assert_eq!(x.dims(), [2, 3, 8, 8]);
+        let v = x.into_data().to_vec::<f32>().unwrap();
+        assert!(v.iter().all(|v| v.is_finite()), "{sampler:?}");
+    }
+}
