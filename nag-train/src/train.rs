@@ -31,7 +31,9 @@ use nag_models::dit::{Dit, DitConfig, TimeInput};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{open_dataset, stream_rng, Batch, DataOptions, Dataset, Loader, LoaderConfig};
+use crate::data::{
+    open_dataset, stream_rng, Batch, DataOptions, Dataset, Loader, LoaderConfig, OnError,
+};
 use crate::ema;
 use crate::objective::{self, InterpolantTarget, LossWeight};
 
@@ -124,6 +126,9 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Image size for generated datasets.
     pub image_size: Option<usize>,
+    /// Unreadable files in a user dataset: skip and count them (a warning on the first), or
+    /// stop with an error naming the file.
+    pub on_bad_file: OnError,
     /// Loader worker threads.
     pub workers: usize,
     /// Micro-batches (see `grad_accum`) computed at once, each on its own thread with its own
@@ -161,6 +166,7 @@ impl Default for TrainConfig {
             checkpoint_every: 500,
             log_every: 10,
             image_size: None,
+            on_bad_file: OnError::Skip,
             workers: 2,
             threads: 1,
             init: None,
@@ -324,6 +330,8 @@ pub struct TrainSummary {
     pub final_loss: f64,
     /// First logged loss.
     pub first_loss: f64,
+    /// Unreadable dataset files skipped ([`OnError::Skip`]).
+    pub skipped_files: usize,
 }
 
 /// Training state stored next to the records.
@@ -495,6 +503,7 @@ pub fn train<B: AutodiffBackend>(
     let data_opts = DataOptions {
         seed: cfg.seed,
         image_size: cfg.image_size,
+        on_error: cfg.on_bad_file,
         ..DataOptions::default()
     };
     let dataset: Arc<dyn Dataset> = Arc::from(open_dataset(&cfg.data, &data_opts)?);
@@ -697,6 +706,7 @@ pub fn train<B: AutodiffBackend>(
         steps: cfg.steps,
         final_loss: log.last().map_or(f64::NAN, |l| l.1),
         first_loss: log.first().map_or(f64::NAN, |l| l.1),
+        skipped_files: dataset.skipped(),
     })
 }
 

@@ -1,10 +1,12 @@
-//! Trainer tests: splitting micro-batches over threads changes nothing; bad options are errors.
+//! Trainer tests: splitting micro-batches over threads changes nothing; bad options and bad
+//! files are errors (or, for files, skipped and counted if so chosen).
 //! (The resume test has its own binary, `resume.rs`: it initialises models outside `train`, and
 //! initialisation draws from burn's process-wide RNG.)
 
 mod common;
 
 use common::{small_run, B};
+use nag_train::data::OnError;
 use nag_train::train::{train, TrainConfig};
 
 #[test]
@@ -80,4 +82,53 @@ fn impossible_options_are_errors() {
         // A rejected option leaves no run directory behind.
         assert!(!dir.exists(), "{cfg:?} left {}", dir.display());
     }
+}
+
+/// An 8×8 RGB PNG of one colour.
+fn write_png(path: &std::path::Path, rgb: [u8; 3]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut encoder = png::Encoder::new(std::fs::File::create(path).unwrap(), 8, 8);
+    encoder.set_color(png::ColorType::Rgb);
+    let mut writer = encoder.write_header().unwrap();
+    writer.write_image_data(&rgb.repeat(64)).unwrap();
+}
+
+#[test]
+fn unreadable_files_are_skipped_and_counted_or_stop_the_run() {
+    let base = std::env::temp_dir().join(format!("nag-badfile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let data = base.join("data");
+    write_png(&data.join("a/1.png"), [255, 0, 0]);
+    write_png(&data.join("a/2.png"), [200, 0, 0]);
+    write_png(&data.join("b/1.png"), [0, 0, 255]);
+    write_png(&data.join("b/2.png"), [0, 0, 200]);
+    std::fs::write(data.join("a/zz-bad.png"), b"not a png").unwrap();
+    // 2 steps of 4 draw 8 items: the whole first epoch of 5 files, the bad one included.
+    let cfg = |on_bad_file| TrainConfig {
+        data: data.to_str().unwrap().into(),
+        image_size: Some(8),
+        steps: 2,
+        on_bad_file,
+        ..small_run()
+    };
+    let device = Default::default();
+    let skipped = train::<B>(
+        &cfg(OnError::Skip),
+        &base.join("skip"),
+        false,
+        &device,
+        |_| {},
+    );
+    assert_eq!(skipped.unwrap().skipped_files, 1);
+    let err = train::<B>(
+        &cfg(OnError::Fail),
+        &base.join("fail"),
+        false,
+        &device,
+        |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("zz-bad.png"), "{err}");
+    let _ = std::fs::remove_dir_all(&base);
 }

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
+use nag_train::data::OnError;
 use nag_train::objective::{InterpolantTarget, LossWeight};
 use nag_train::train::{train, ObjectiveKind, Progress, TrainConfig};
 
@@ -79,6 +80,9 @@ pub struct TrainArgs {
     /// Data loader worker threads.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Unreadable files in a dataset folder: `skip` (count them, warn once) or `fail`.
+    #[arg(long, value_name = "skip|fail")]
+    pub on_bad_file: Option<String>,
     /// Micro-batches computed at once, one thread each (does not change the result; with
     /// --grad-accum = --threads = cores a CPU step uses every core).
     #[arg(long)]
@@ -167,6 +171,9 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
     if let Some(p) = &args.prediction {
         cfg.prediction = parse_enum::<InterpolantTarget>("--prediction", p)?;
     }
+    if let Some(v) = &args.on_bad_file {
+        cfg.on_bad_file = parse_enum::<OnError>("--on-bad-file", v)?;
+    }
     if let Some(w) = &args.loss_weight {
         cfg.loss_weight = parse_enum::<LossWeight>("--loss-weight", w)?;
     }
@@ -239,6 +246,12 @@ pub fn train_with_progress<B: AutodiffBackend>(
             summary.first_loss,
             summary.final_loss
         );
+        if summary.skipped_files > 0 {
+            eprintln!(
+                "skipped {} unreadable file(s) of '{}' (--on-bad-file fail stops at the first)",
+                summary.skipped_files, cfg.data
+            );
+        }
         Ok(summary)
     }
 }

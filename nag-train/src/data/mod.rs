@@ -53,8 +53,9 @@ pub struct Batch {
     pub shape: [usize; 4],
 }
 
-/// What to do with a file that cannot be read or decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What to do with a file that cannot be read or decoded (`--on-bad-file skip|fail`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OnError {
     /// Skip the file (the next readable item takes its place), count it
     /// ([`Dataset::skipped`]) and warn once on stderr.
