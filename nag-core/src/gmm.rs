@@ -14,23 +14,23 @@ const LN_2PI: f64 = 1.837_877_066_409_345_5;
 
 /// One component with the statistics that do not depend on the state.
 #[derive(Debug, Clone, PartialEq)]
-struct Component {
-    log_w: f64,
-    mean: Vec<f64>,
+pub(crate) struct Component {
+    pub(crate) log_w: f64,
+    pub(crate) mean: Vec<f64>,
     /// `U_kᵀ`, row-major `r × d`.
-    ut: Vec<f64>,
-    rank: usize,
+    pub(crate) ut: Vec<f64>,
+    pub(crate) rank: usize,
     /// `|μ_k|²`.
-    mu_sq: f64,
+    pub(crate) mu_sq: f64,
     /// `U_kᵀ μ_k`.
-    ut_mu: Vec<f64>,
+    pub(crate) ut_mu: Vec<f64>,
     /// `U_kᵀ U_k`, row-major `r × r`.
-    gram: Vec<f64>,
+    pub(crate) gram: Vec<f64>,
 }
 
 impl Component {
     /// `U_kᵀ v`.
-    fn project(&self, v: &[f64]) -> Vec<f64> {
+    pub(crate) fn project(&self, v: &[f64]) -> Vec<f64> {
         self.ut.chunks_exact(v.len()).map(|u| dot(u, v)).collect()
     }
 
@@ -70,11 +70,11 @@ pub struct GaussianMixture {
     dim: usize,
     s: f64,
     weights: Vec<f64>,
-    comps: Vec<Component>,
+    pub(crate) comps: Vec<Component>,
     max_rank: usize,
 }
 
-fn oor(name: &'static str, value: f64, expected: &'static str) -> Error {
+pub(crate) fn oor(name: &'static str, value: f64, expected: &'static str) -> Error {
     Error::OutOfRange {
         name,
         value,
@@ -82,12 +82,12 @@ fn oor(name: &'static str, value: f64, expected: &'static str) -> Error {
     }
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// `log Σ_i exp(v_i)`; `-∞` when every `v_i = -∞` (or `v` is empty).
-fn log_sum_exp(v: &[f64]) -> f64 {
+pub(crate) fn log_sum_exp(v: &[f64]) -> f64 {
     let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if m == f64::NEG_INFINITY {
         return m;
@@ -96,7 +96,7 @@ fn log_sum_exp(v: &[f64]) -> f64 {
 }
 
 /// Checks `(α, σ)` and returns `c = α² s² + σ²`, which must be positive and finite.
-fn noise_var(alpha: f64, sigma: f64, s: f64) -> Result<f64> {
+pub(crate) fn noise_var(alpha: f64, sigma: f64, s: f64) -> Result<f64> {
     check_range("alpha", alpha, f64::MIN, f64::MAX, "finite")?;
     check_range("sigma", sigma, 0.0, f64::MAX, "finite and >= 0")?;
     let c = alpha * alpha * s * s + sigma * sigma;
@@ -108,7 +108,7 @@ fn noise_var(alpha: f64, sigma: f64, s: f64) -> Result<f64> {
 }
 
 /// Converts one state to `f64`, checking its length and that it is finite.
-fn to_state<T: Copy + Into<f64>>(x: &[T], d: usize) -> Result<Vec<f64>> {
+pub(crate) fn to_state<T: Copy + Into<f64>>(x: &[T], d: usize) -> Result<Vec<f64>> {
     if x.len() != d {
         return Err(Error::Shape(format!("state length {} != dim {d}", x.len())));
     }
@@ -383,29 +383,18 @@ fn check_row(probs: &[f64], taus: &[f64]) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::test_rng::Rng;
     use proptest::prelude::*;
 
-    /// SplitMix64 uniforms and Box–Muller normals.
-    struct Rng(u64);
-    impl Rng {
-        fn uniform(&mut self) -> f64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let z = (self.0 ^ (self.0 >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-        }
-        fn normal(&mut self) -> f64 {
-            let r = libm::sqrt(-2.0 * libm::log(1.0 - self.uniform()));
-            r * libm::cos(core::f64::consts::TAU * self.uniform())
-        }
-        fn normals(&mut self, n: usize, scale: f64) -> Vec<f64> {
-            (0..n).map(|_| scale * self.normal()).collect()
-        }
-    }
-
-    fn mixture(rng: &mut Rng, d: usize, ranks: &[usize], spread: f64) -> GaussianMixture {
+    /// A random mixture with the given ranks (test helper, also used by the oracle's tests).
+    pub(crate) fn mixture(
+        rng: &mut Rng,
+        d: usize,
+        ranks: &[usize],
+        spread: f64,
+    ) -> GaussianMixture {
         let raw: Vec<f64> = ranks.iter().map(|_| 0.1 + rng.uniform()).collect();
         let weights = raw.iter().map(|w| w / raw.iter().sum::<f64>()).collect();
         let means = ranks.iter().map(|_| rng.normals(d, spread)).collect();

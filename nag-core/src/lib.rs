@@ -15,6 +15,7 @@
 //! - [`shift`]: the noise shift δ (first order, exact, discrete, and its inverse).
 //! - [`guidance`]: CFG, NAG and CFG+NAG as linear combinations of model branches.
 //! - [`gmm`]: exact noise-level posterior p(τ | x) for Gaussian-mixture data.
+//! - [`oracle`]: exact scores, noise-dropped predictions and classifier signals for that data.
 #![no_std]
 #![warn(missing_docs)]
 
@@ -27,8 +28,11 @@ pub mod ddpm;
 pub mod error;
 pub mod gmm;
 pub mod guidance;
+pub mod oracle;
 pub mod prediction;
 pub mod schedule;
 pub mod shift;
+#[cfg(test)]
+mod test_rng;
 
 pub use error::{Error, Result};

@@ -11,9 +11,10 @@ use nag_models::dit::{Dit, DitConfig, TimeInput};
 use serde::{Deserialize, Serialize};
 
 use crate::guided::GuidedDit;
+use crate::oracle::{Oracle, OracleModel};
 use crate::sampling::{
-    self, DdimOptions, DdpmOptions, DiffusionModel, NoiseSource, OdeMethod, OdeOptions, SdeOptions,
-    SeededNormal, StepCallback, TimeOffsets,
+    self, DdimOptions, DdpmOptions, DiffusionModel, FixedVariance, NoiseSource, OdeMethod,
+    OdeOptions, SdeOptions, SeededNormal, StepCallback, TimeOffsets,
 };
 
 /// Sampler family.
@@ -45,6 +46,17 @@ impl SamplerKind {
     }
 }
 
+/// Parses `--variance`: `large` (`β_t`, DiT's fixed choice) or `small` (`β̃_t`).
+pub fn parse_variance(s: &str) -> Result<FixedVariance, GenerateError> {
+    match s {
+        "large" => Ok(FixedVariance::Large),
+        "small" => Ok(FixedVariance::Small),
+        _ => Err(GenerateError::Config(format!(
+            "--variance '{s}': expected small (the posterior β̃_t) or large (β_t)"
+        ))),
+    }
+}
+
 /// How to sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleConfig {
@@ -64,6 +76,9 @@ pub struct SampleConfig {
     /// Batch chunks evaluated concurrently ([`GuidedDit::with_threads`]): the CPU's core
     /// count on a CPU, 1 on a GPU. Does not change the samples.
     pub threads: usize,
+    /// DDPM: the fixed variance of ancestral steps for models without variance channels
+    /// (DiT's choice is fixed-large, `β_t`; fixed-small is the posterior `β̃_t`).
+    pub variance: FixedVariance,
 }
 
 impl SampleConfig {
@@ -109,6 +124,51 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Dit<B>,
     Ok(model)
 }
 
+/// Something to sample: a trained DiT/SiT or the exact model of `gmm` data.
+pub enum Sampled<'a, B: Backend> {
+    /// A trained network.
+    Network(&'a Dit<B>),
+    /// The oracle, producing states of `shape` (`[C, H, W]`, the gmm data's) on `device`.
+    Oracle {
+        /// The exact model.
+        oracle: &'a Oracle,
+        /// `[C, H, W]` of one sample.
+        shape: [usize; 3],
+        /// Where the states live.
+        device: B::Device,
+    },
+}
+
+impl<B: Backend> Sampled<'_, B> {
+    /// Samples `labels.len()` images with `guidance` (the one entry point of the analyses).
+    pub fn generate(
+        &self,
+        labels: &[i64],
+        guidance: Guidance,
+        cfg: &SampleConfig,
+        callback: StepCallback<'_, B>,
+    ) -> Result<Tensor<B, 4>, GenerateError> {
+        match self {
+            Self::Network(model) => generate(model, labels, guidance, cfg, callback),
+            Self::Oracle {
+                oracle,
+                shape,
+                device,
+            } => {
+                if labels.is_empty() {
+                    return Err(GenerateError::Config("--n must be at least 1".into()));
+                }
+                let mut model = OracleModel::new(oracle, labels, guidance)
+                    .map_err(|e| GenerateError::Config(e.to_string()))?;
+                let [c, h, w] = *shape;
+                let ddpm = matches!(oracle.schedule(), Schedule::Ddpm(_));
+                let full = [labels.len(), c, h, w];
+                sample_with(&mut model, full, device, ddpm, cfg, callback)
+            }
+        }
+    }
+}
+
 /// Samples `labels.len()` images from `model` with `guidance`.
 pub fn generate<B: Backend>(
     model: &Dit<B>,
@@ -126,12 +186,38 @@ pub fn generate<B: Backend>(
         return Err(GenerateError::Config("--n must be at least 1".into()));
     }
     let mc = model.config();
-    let device = model.device();
     let mut guided = GuidedDit::new(model, labels, guidance)?.with_threads(cfg.threads);
-    let mut noise = SeededNormal::new(cfg.seed);
     let shape = [labels.len(), mc.in_channels, mc.input_size, mc.input_size];
-    let x_t: Tensor<B, 4> = noise.normal(shape, &device);
     let ddpm_model = mc.time_input == TimeInput::DdpmIndex;
+    sample_with(
+        &mut guided,
+        shape,
+        &model.device(),
+        ddpm_model,
+        cfg,
+        callback,
+    )
+}
+
+/// Runs `cfg`'s sampler on any (already guided) `model` from the seed's starting noise of
+/// `shape`: the one sampling entry point of trained models and the oracle. `ddpm_model`: the
+/// model is a DDPM (DiT) model, sampled on DiT's table; otherwise a SiT model on `cfg.path`.
+pub fn sample_with<B: Backend, M: DiffusionModel<B>>(
+    model: &mut M,
+    shape: [usize; 4],
+    device: &B::Device,
+    ddpm_model: bool,
+    cfg: &SampleConfig,
+    callback: StepCallback<'_, B>,
+) -> Result<Tensor<B, 4>, GenerateError> {
+    if cfg.steps == 0 && cfg.sampler != SamplerKind::Ode {
+        return Err(GenerateError::Config(
+            "--steps must be at least 1 (0 means adaptive, for --sampler ode only)".into(),
+        ));
+    }
+    let guided = model;
+    let mut noise = SeededNormal::new(cfg.seed);
+    let x_t: Tensor<B, 4> = noise.normal(shape, device);
     let path = if ddpm_model {
         Schedule::from_name("ddpm-linear")?
     } else {
@@ -145,12 +231,13 @@ pub fn generate<B: Backend>(
         SamplerKind::Ddpm => {
             let schedule = DdpmSchedule::dit().with_steps(cfg.steps)?;
             sampling::sample_ddpm(
-                &mut guided,
+                guided,
                 &schedule,
                 x_t,
                 &mut noise,
                 &DdpmOptions {
                     clip_x0: cfg.clip_x0,
+                    fixed_variance: cfg.variance,
                     ..DdpmOptions::default()
                 },
                 callback,
@@ -162,18 +249,12 @@ pub fn generate<B: Backend>(
                 eta: cfg.eta,
                 clip_x0: cfg.clip_x0,
             };
-            sampling::sample_ddim(&mut guided, &schedule, x_t, &options, &mut noise, callback)?
+            sampling::sample_ddim(guided, &schedule, x_t, &options, &mut noise, callback)?
         }
         SamplerKind::Sde => {
             let options = SdeOptions::default();
             sampling::sample_sde(
-                &mut guided,
-                &path,
-                x_t,
-                cfg.steps,
-                &options,
-                &mut noise,
-                callback,
+                guided, &path, x_t, cfg.steps, &options, &mut noise, callback,
             )?
         }
         SamplerKind::Ode => {
@@ -193,7 +274,7 @@ pub fn generate<B: Backend>(
                 t_offsets: TimeOffsets::sit_ode(&path, guided.prediction()),
                 ..OdeOptions::default()
             };
-            sampling::sample_ode(&mut guided, &path, x_t, &options, callback)?.x
+            sampling::sample_ode(guided, &path, x_t, &options, callback)?.x
         }
     };
     Ok(out)

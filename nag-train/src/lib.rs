@@ -14,7 +14,9 @@
 //! - [`metrics`]: sample quality: Fréchet distance, k-NN precision / recall, the feature
 //!   classifier, exact `gmm` metrics.
 //! - [`estimator`]: training, loading and validating the noise-level estimator `g_φ(τ | x)`.
-//! - [`shift`]: noise-shift measurement along sampling trajectories.
+//! - [`shift`]: noise-shift measurement along sampling trajectories, calibrated against
+//!   forward-noised data.
+//! - [`oracle`]: the exact model of `gmm` data (`--model oracle`) with controlled errors.
 #![warn(missing_docs)]
 
 pub mod data;
@@ -25,6 +27,7 @@ pub mod guided;
 pub mod image;
 pub mod metrics;
 pub mod objective;
+pub mod oracle;
 pub mod sampling;
 pub mod shift;
 pub mod train;

@@ -5,13 +5,16 @@
 //! Gaussian-mixture data ([`ExactMeter`], nag-core's closed form) or through a trained
 //! noise-level estimator g_φ. The shift is `δ = E[τ | x̂] − τ` per sample; [`ShiftRecorder`]
 //! collects its mean and quantiles per step (the paper measures δ > 0, largest near τ → 0).
+//! A posterior mean is a biased estimate of τ even for perfectly noised states, so with a
+//! [`Calibration`] the recorder also reports the *excess* δ: the same meter's reading on
+//! forward-noised data at the same nominal τ, subtracted.
 
 use burn::tensor::{backend::Backend, Tensor};
 use nag_core::gmm::GaussianMixture;
-use nag_core::schedule::NoiseSchedule;
+use nag_core::schedule::{NoiseSchedule, Schedule};
 use serde::{Deserialize, Serialize};
 
-use crate::sampling::StepInfo;
+use crate::sampling::{NoiseSource, SeededNormal, StepInfo};
 
 /// Estimates the noise level of states.
 pub trait NoiseMeter<B: Backend> {
@@ -141,18 +144,122 @@ pub struct ShiftStep {
     pub measured_tau: f64,
     /// Mean δ = measured − nominal.
     pub delta_mean: f64,
+    /// Standard error of `delta_mean` (sample standard deviation / √n).
+    #[serde(default)]
+    pub delta_se: f64,
     /// δ quantiles at 5, 25, 50, 75, 95 %.
     pub delta_quantiles: [f64; 5],
+    /// The same meter's mean reading on forward-noised data at this nominal level
+    /// ([`Calibration`]); `None` without calibration.
+    #[serde(default)]
+    pub calibrated_tau: Option<f64>,
+    /// Excess δ = `measured_tau − calibrated_tau`: the shift beyond the meter's own bias.
+    #[serde(default)]
+    pub excess_delta: Option<f64>,
+    /// Standard error of `excess_delta` (the two sets are independent).
+    #[serde(default)]
+    pub excess_delta_se: Option<f64>,
+}
+
+/// The meter's own reading on forward-noised data: at a nominal level τ the reference states
+/// `x_τ = α(τ)·x0 + σ(τ)·ε` of real `x0` (fresh ε from the seed and τ, the same in every
+/// setting) are measured with the same meter, so `excess δ = mean E[τ|x̂] − mean E[τ|x_τ]`
+/// removes the estimator's bias (the posterior mean regresses towards the middle of its τ range
+/// even for perfectly noised states). Readings are cached per τ and reused by every setting
+/// measured in the same run.
+pub struct Calibration<B: Backend> {
+    x0: Tensor<B, 4>,
+    labels: Vec<i64>,
+    schedule: Schedule,
+    seed: u64,
+    cache: Vec<(u64, Vec<f64>)>,
+}
+
+impl<B: Backend> Calibration<B> {
+    /// Calibration with reference data `x0` (`[M, C, H, W]`, real items with classes `labels`)
+    /// noised by `schedule` (the model's, in the paper's clock) with noise from `seed`.
+    pub fn new(
+        x0: Tensor<B, 4>,
+        labels: &[i64],
+        schedule: Schedule,
+        seed: u64,
+    ) -> Result<Self, ShiftError> {
+        let m = x0.dims()[0];
+        if m < 2 || labels.len() != m {
+            return Err(ShiftError::Other(format!(
+                "calibration needs at least 2 reference items and one label each (got {m} items, {} labels)",
+                labels.len()
+            )));
+        }
+        Ok(Self {
+            x0,
+            labels: labels.to_vec(),
+            schedule,
+            seed,
+            cache: Vec::new(),
+        })
+    }
+
+    /// Per-reference-item readings `E[τ | x_τ]` at nominal `tau`.
+    pub fn readings(
+        &mut self,
+        meter: &mut dyn NoiseMeter<B>,
+        tau: f64,
+    ) -> Result<Vec<f64>, ShiftError> {
+        let key = tau.to_bits();
+        if let Some((_, r)) = self.cache.iter().find(|(k, _)| *k == key) {
+            return Ok(r.clone());
+        }
+        let (alpha, sigma) = (self.schedule.alpha(tau), self.schedule.sigma(tau));
+        let mut noise = SeededNormal::new(self.seed ^ key.rotate_left(17));
+        let eps = noise.normal(self.x0.dims(), &self.x0.device());
+        let x = self.x0.clone().mul_scalar(alpha) + eps.mul_scalar(sigma);
+        let r = meter.posterior_mean_tau(x, &self.labels)?;
+        self.cache.push((key, r.clone()));
+        Ok(r)
+    }
 }
 
 /// Collects per-step shift statistics from a sampler's step callback.
 pub struct ShiftRecorder<'m, B: Backend> {
     meter: &'m mut dyn NoiseMeter<B>,
+    calibration: Option<&'m mut Calibration<B>>,
     labels: Vec<i64>,
     /// Measure every `every`-th step only (1 = all).
     pub every: usize,
+    /// The late part of sampling for [`LateShift`]: nominal τ ≤ `late_fraction`.
+    pub late_fraction: f64,
     steps: Vec<ShiftStep>,
+    /// Per measured step: the per-sample readings and the calibration's.
+    readings: Vec<(Vec<f64>, Option<Vec<f64>>)>,
     error: Option<ShiftError>,
+}
+
+/// What a [`ShiftRecorder`] measured.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ShiftTrace {
+    /// Per-step statistics.
+    pub steps: Vec<ShiftStep>,
+    /// Averages over the late part of sampling.
+    pub late: LateShift,
+}
+
+/// δ averaged over the late steps (nominal τ ≤ `fraction`). Standard errors treat each
+/// trajectory's late average as one draw (steps of one trajectory are correlated).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LateShift {
+    /// Late part: nominal τ ≤ fraction.
+    pub fraction: f64,
+    /// Steps measured in it.
+    pub steps: usize,
+    /// Mean raw δ = E[τ|x̂] − τ.
+    pub delta: f64,
+    /// Its standard error.
+    pub delta_se: f64,
+    /// Mean excess δ (calibrated); `None` without calibration.
+    pub excess_delta: Option<f64>,
+    /// Its standard error.
+    pub excess_delta_se: Option<f64>,
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -164,16 +271,33 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
+/// `(mean, standard error of the mean)`; the error is NaN for fewer than 2 values.
+fn mean_se(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
 impl<'m, B: Backend> ShiftRecorder<'m, B> {
     /// A recorder measuring with `meter`; `labels` are the samples' classes.
     pub fn new(meter: &'m mut dyn NoiseMeter<B>, labels: &[i64]) -> Self {
         Self {
             meter,
+            calibration: None,
             labels: labels.to_vec(),
             every: 1,
+            late_fraction: 0.2,
             steps: Vec::new(),
+            readings: Vec::new(),
             error: None,
         }
+    }
+
+    /// Also measures forward-noised reference data at every recorded level (excess δ).
+    pub fn with_calibration(mut self, calibration: &'m mut Calibration<B>) -> Self {
+        self.calibration = Some(calibration);
+        self
     }
 
     /// Handles one sampler step (pass `|info| recorder.observe(info)` as the callback).
@@ -181,31 +305,103 @@ impl<'m, B: Backend> ShiftRecorder<'m, B> {
         if self.error.is_some() || !info.step.is_multiple_of(self.every.max(1)) {
             return;
         }
-        let tau = info.at.tau;
-        match self.meter.posterior_mean_tau(info.x, &self.labels) {
-            Ok(measured) => {
-                let mut deltas: Vec<f64> = measured.iter().map(|m| m - tau).collect();
-                deltas.sort_by(f64::total_cmp);
-                let n = deltas.len().max(1) as f64;
-                self.steps.push(ShiftStep {
-                    step: info.step,
-                    tau,
-                    measured_tau: measured.iter().sum::<f64>() / n,
-                    delta_mean: deltas.iter().sum::<f64>() / n,
-                    delta_quantiles: [0.05, 0.25, 0.5, 0.75, 0.95].map(|q| quantile(&deltas, q)),
-                });
-            }
-            Err(e) => self.error = Some(e),
+        if let Err(e) = self.record(info.step, info.at.tau, info.x) {
+            self.error = Some(e);
         }
     }
 
-    /// The per-step statistics, or the first measurement error.
-    pub fn finish(self) -> Result<Vec<ShiftStep>, ShiftError> {
-        match self.error {
-            Some(e) => Err(e),
-            None => Ok(self.steps),
-        }
+    fn record(&mut self, step: usize, tau: f64, x: Tensor<B, 4>) -> Result<(), ShiftError> {
+        let measured = self.meter.posterior_mean_tau(x, &self.labels)?;
+        let calibrated = match self.calibration.as_deref_mut() {
+            Some(cal) => Some(cal.readings(self.meter, tau)?),
+            None => None,
+        };
+        let mut deltas: Vec<f64> = measured.iter().map(|m| m - tau).collect();
+        let (delta_mean, delta_se) = mean_se(&deltas);
+        deltas.sort_by(f64::total_cmp);
+        let measured_tau = delta_mean + tau;
+        let (calibrated_tau, excess_delta, excess_delta_se) = match &calibrated {
+            Some(c) => {
+                let (cm, cse) = mean_se(c);
+                (
+                    Some(cm),
+                    Some(measured_tau - cm),
+                    Some((delta_se * delta_se + cse * cse).sqrt()),
+                )
+            }
+            None => (None, None, None),
+        };
+        self.steps.push(ShiftStep {
+            step,
+            tau,
+            measured_tau,
+            delta_mean,
+            delta_se,
+            delta_quantiles: [0.05, 0.25, 0.5, 0.75, 0.95].map(|q| quantile(&deltas, q)),
+            calibrated_tau,
+            excess_delta,
+            excess_delta_se,
+        });
+        self.readings.push((measured, calibrated));
+        Ok(())
     }
+
+    /// The per-step statistics and their late averages, or the first measurement error.
+    pub fn finish(self) -> Result<ShiftTrace, ShiftError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let late: Vec<usize> = (0..self.steps.len())
+            .filter(|&i| self.steps[i].tau <= self.late_fraction)
+            .collect();
+        // Per-trajectory late averages of δ, and per-reference-item averages of the calibration.
+        let samples = late_average(
+            late.iter()
+                .map(|&i| (self.steps[i].tau, Some(self.readings[i].0.as_slice()))),
+        );
+        let reference = late_average(
+            late.iter()
+                .map(|&i| (self.steps[i].tau, self.readings[i].1.as_deref())),
+        );
+        let (delta, delta_se) = samples.as_deref().map_or((f64::NAN, f64::NAN), mean_se);
+        let (excess_delta, excess_delta_se) = match &reference {
+            Some(r) => {
+                let (cm, cse) = mean_se(r);
+                (
+                    Some(delta - cm),
+                    Some((delta_se * delta_se + cse * cse).sqrt()),
+                )
+            }
+            None => (None, None),
+        };
+        Ok(ShiftTrace {
+            late: LateShift {
+                fraction: self.late_fraction,
+                steps: late.len(),
+                delta,
+                delta_se,
+                excess_delta,
+                excess_delta_se,
+            },
+            steps: self.steps,
+        })
+    }
+}
+
+/// Per item, the mean over the given steps of `reading − τ`; `None` when there are no steps or
+/// a step has no readings.
+fn late_average<'a>(steps: impl Iterator<Item = (f64, Option<&'a [f64]>)>) -> Option<Vec<f64>> {
+    let mut acc: Option<Vec<f64>> = None;
+    let mut count = 0usize;
+    for (tau, readings) in steps {
+        let readings = readings?;
+        let acc = acc.get_or_insert_with(|| vec![0.0; readings.len()]);
+        acc.iter_mut()
+            .zip(readings)
+            .for_each(|(a, r)| *a += r - tau);
+        count += 1;
+    }
+    acc.map(|a| a.into_iter().map(|v| v / count as f64).collect())
 }
 
 /// Mean δ over the steps whose nominal τ is in the last `fraction` of sampling (τ ≤ fraction).
@@ -282,7 +478,7 @@ mod tests {
             Some(&mut cb),
         )
         .unwrap();
-        rec.finish().unwrap()
+        rec.finish().unwrap().steps
     }
 
     #[test]

@@ -62,6 +62,7 @@ fn threads_do_not_change_the_samples() {
                 path: "linear".into(),
                 clip_x0: true,
                 threads,
+                variance: nag_train::sampling::FixedVariance::default(),
             };
             generate(&model, labels, Guidance::cfg_nag(2.0, 1.5), &cfg, None)
                 .unwrap()
@@ -196,6 +197,7 @@ fn every_sampler_runs_on_a_dit() {
             path: "linear".into(),
             clip_x0: true,
             threads: 1,
+            variance: nag_train::sampling::FixedVariance::default(),
         };
         let x = generate(&model, &[1, 4], Guidance::nag(1.0), &cfg, None)
             .unwrap_or_else(|e| panic!("{sampler:?} with {steps} steps: {e}"));

@@ -335,6 +335,7 @@ impl BackendTask for Task<'_> {
                 path: args.path.clone(),
                 clip_x0: !args.no_clip && SampleConfig::clip_for_channels(mc.in_channels),
                 threads: DeviceSpec::parse(&args.device)?.concurrent_batches(),
+                variance: nag_train::sampling::FixedVariance::default(),
             };
             let x: Tensor<B::InnerBackend, 4> = generate(&model, chunk, guidance, &cfg, None)?;
             let values: Vec<f32> = x.to_data().iter::<f32>().collect();

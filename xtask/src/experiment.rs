@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_core::guidance::Guidance;
@@ -29,7 +29,7 @@ use nag_train::metrics::features::{feature_model_exists, FeatureExtractor, Featu
 use nag_train::metrics::gmm_metrics::gmm_metrics;
 use nag_train::metrics::prdc::prdc;
 use nag_train::sampling::StepInfo;
-use nag_train::shift::{late_delta, ExactMeter, ShiftRecorder, ShiftStep};
+use nag_train::shift::{Calibration, ExactMeter, LateShift, ShiftRecorder, ShiftStep};
 use nag_train::train::{write_atomic, TrainConfig};
 use serde::Serialize;
 
@@ -89,6 +89,8 @@ pub struct Row {
     pub nag: f64,
     /// Mean δ over the steps with nominal τ ≤ 0.2.
     pub late_delta: f64,
+    /// Late averages with standard errors, raw and calibrated (excess δ).
+    pub late: LateShift,
     /// Fréchet distance in classifier features.
     pub fd: f64,
     /// k-NN precision.
@@ -306,9 +308,15 @@ impl BackendTask for Task<'_> {
             path: "linear".into(),
             clip_x0: SampleConfig::clip_for_channels(mc.in_channels),
             threads: self.spec.concurrent_batches(),
+            variance: nag_train::sampling::FixedVariance::default(),
         };
         let schedule = crate::shift_run::run_schedule(&cfg);
         let mut meter = ExactMeter::new(mixture, &schedule, 400);
+        let real_x0 = Tensor::<B::InnerBackend, 4>::from_data(
+            TensorData::new(real.clone(), [n, c, h, w]),
+            &device,
+        );
+        let mut calibration = Calibration::new(real_x0, &real_labels, schedule.clone(), args.seed)?;
         let mut done: Vec<Row> = Vec::new();
         let mut measure = |name: String, cfg_scale: f64, nag: f64| -> Result<Row> {
             if let Some(r) = done.iter().find(|r| r.cfg == cfg_scale && r.nag == nag) {
@@ -316,12 +324,13 @@ impl BackendTask for Task<'_> {
             }
             let t0 = Instant::now();
             let guidance = Guidance::cfg_nag(cfg_scale, nag);
-            let mut rec = ShiftRecorder::new(&mut meter, &labels);
+            let mut rec =
+                ShiftRecorder::new(&mut meter, &labels).with_calibration(&mut calibration);
             let x: Tensor<B::InnerBackend, 4> = {
                 let mut cb = |info: StepInfo<B::InnerBackend>| rec.observe(info);
                 generate(&model, &labels, guidance, &sample, Some(&mut cb))?
             };
-            let shift = rec.finish()?;
+            let trace = rec.finish()?;
             let values: Vec<f32> = x.to_data().iter::<f32>().collect();
             if values.iter().any(|v| !v.is_finite()) {
                 bail!("'{name}': the samples contain NaN/inf; no metrics computed");
@@ -334,19 +343,21 @@ impl BackendTask for Task<'_> {
                 name,
                 cfg: cfg_scale,
                 nag,
-                late_delta: late_delta(&shift, 0.2),
+                late_delta: trace.late.delta,
+                late: trace.late,
                 fd,
                 precision: pr.precision,
                 recall: pr.recall,
                 log_density: g.mean_log_density,
                 modes_covered: g.modes_covered,
-                shift,
+                shift: trace.steps,
                 seconds: t0.elapsed().as_secs_f64(),
             };
             eprintln!(
-                "{:<22} δ(τ≤0.2) {:+.4}  FD {:.3}  P {:.3}  R {:.3}  log p {:.1}  ({:.0}s)",
+                "{:<22} δ(τ≤0.2) {:+.4} excess {:+.4}  FD {:.3}  P {:.3}  R {:.3}  log p {:.1}  ({:.0}s)",
                 row.name,
                 row.late_delta,
+                row.late.excess_delta.unwrap_or(f64::NAN),
                 row.fd,
                 row.precision,
                 row.recall,
@@ -393,18 +404,27 @@ impl BackendTask for Task<'_> {
     }
 }
 
+/// `+0.0123 ± 0.0004`, or `—` without calibration.
+pub fn excess(late: &LateShift) -> String {
+    match (late.excess_delta, late.excess_delta_se) {
+        (Some(e), Some(se)) => format!("{e:+.4} ± {se:.4}"),
+        _ => "—".into(),
+    }
+}
+
 /// The table as markdown.
 fn markdown(r: &Results) -> String {
     let mut s = String::new();
     s.push_str(
-        "| setting | δ, last 20 % | FD ↓ | precision ↑ | recall ↑ | log-density ↑ | modes |\n\
-         |---|---|---|---|---|---|---|\n",
+        "| setting | δ, last 20 % | excess δ (calibrated) | FD ↓ | precision ↑ | recall ↑ | log-density ↑ | modes |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for row in &r.table {
         s.push_str(&format!(
-            "| {} | {:+.4} | {:.3} | {:.3} | {:.3} | {:.1} | {}/{} |\n",
+            "| {} | {:+.4} | {} | {:.3} | {:.3} | {:.3} | {:.1} | {}/{} |\n",
             row.name,
             row.late_delta,
+            excess(&row.late),
             row.fd,
             row.precision,
             row.recall,
@@ -414,14 +434,20 @@ fn markdown(r: &Results) -> String {
         ));
     }
     s.push_str(&format!(
-        "| real images | — | {:.3} (real vs real) | — | — | {:.1} | — |\n",
+        "| real images | — | — | {:.3} (real vs real) | — | — | {:.1} | — |\n",
         r.fd_real_baseline, r.real_log_density
     ));
-    s.push_str("\nNAG weight sweep (no CFG):\n\n| w | δ, last 20 % | FD | precision | recall | log-density |\n|---|---|---|---|---|---|\n");
+    s.push_str("\nNAG weight sweep (no CFG):\n\n| w | δ, last 20 % | excess δ | FD | precision | recall | log-density |\n|---|---|---|---|---|---|---|\n");
     for row in &r.sweep {
         s.push_str(&format!(
-            "| {} | {:+.4} | {:.3} | {:.3} | {:.3} | {:.1} |\n",
-            row.nag, row.late_delta, row.fd, row.precision, row.recall, row.log_density
+            "| {} | {:+.4} | {} | {:.3} | {:.3} | {:.3} | {:.1} |\n",
+            row.nag,
+            row.late_delta,
+            excess(&row.late),
+            row.fd,
+            row.precision,
+            row.recall,
+            row.log_density
         ));
     }
     s.push_str(&format!(
@@ -463,6 +489,16 @@ fn write_outputs(out: &Path, r: &Results) -> Result<()> {
     plot.x_label = "nominal noise level".into();
     plot.y_label = "measured noise level".into();
     plot.add_series("nominal", vec![(0.0, 0.0), (1.0, 1.0)]);
+    if let Some(first) = r.table.first() {
+        plot.add_series(
+            "forward-noised data (calibration)",
+            first
+                .shift
+                .iter()
+                .filter_map(|s| Some((s.tau, s.calibrated_tau?)))
+                .collect(),
+        );
+    }
     for row in &r.table {
         plot.add_series(
             &row.name,

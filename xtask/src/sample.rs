@@ -172,6 +172,7 @@ impl BackendTask for Task<'_> {
             path: args.path.clone(),
             clip_x0: !args.no_clip && SampleConfig::clip_for_channels(mc.in_channels),
             threads: DeviceSpec::parse(&args.device)?.concurrent_batches(),
+            variance: nag_train::sampling::FixedVariance::default(),
         };
         let classes = mc.num_classes as i64;
         let n = args.n.unwrap_or(if args.compare {

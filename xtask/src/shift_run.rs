@@ -3,19 +3,23 @@
 
 use std::path::Path;
 
+use crate::eval::{load_items, pick_indices};
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_core::guidance::Guidance;
 use nag_core::schedule::Schedule;
 use nag_models::dit::TimeInput;
-use nag_train::data::{open_gmm, DataOptions};
-use nag_train::generate::{generate, load_model, SampleConfig, SamplerKind};
+use nag_train::data::{open_dataset, open_gmm, DataOptions, Dataset};
+use nag_train::generate::{load_model, parse_variance, SampleConfig, Sampled, SamplerKind};
 use nag_train::image::LinePlot;
+use nag_train::oracle::Oracle;
 use nag_train::sampling::StepInfo;
-use nag_train::shift::{late_delta, ExactMeter, NoiseMeter, ShiftRecorder, ShiftStep};
+use nag_train::shift::{Calibration, ExactMeter, LateShift, NoiseMeter, ShiftRecorder, ShiftStep};
 use nag_train::train::{write_atomic, ObjectiveKind, TrainConfig};
 use serde::Serialize;
+use std::path::PathBuf;
 
 use crate::shift::ShiftArgs;
 
@@ -28,8 +32,10 @@ pub struct Setting {
     pub nag: f64,
     /// CFG scale.
     pub cfg: f64,
-    /// Mean δ over the last 20 % of sampling (nominal τ ≤ 0.2).
+    /// Mean raw δ over the last 20 % of sampling (nominal τ ≤ 0.2).
     pub late_delta: f64,
+    /// Late averages with standard errors, raw and calibrated (excess δ).
+    pub late: LateShift,
     /// Per-step statistics.
     pub steps: Vec<ShiftStep>,
 }
@@ -37,7 +43,7 @@ pub struct Setting {
 /// What shift.json holds.
 #[derive(Debug, Serialize)]
 pub struct Report {
-    /// The run measured.
+    /// The model measured: a run folder, or `oracle (…)`.
     pub run: String,
     /// Measurement: "exact" or "estimator".
     pub measure: String,
@@ -47,6 +53,8 @@ pub struct Report {
     pub sampler_steps: usize,
     /// Trajectories per setting.
     pub n: usize,
+    /// Forward-noised reference items measured at each level (the calibration).
+    pub calibration_n: usize,
     /// The settings.
     pub settings: Vec<Setting>,
 }
@@ -73,11 +81,11 @@ pub fn run_schedule(cfg: &TrainConfig) -> Schedule {
     }
 }
 
-/// Measures δ along trajectories of `settings` with `meter`.
-#[allow(clippy::too_many_arguments)]
+/// Measures δ along trajectories of `settings` with `meter`, calibrated by `calibration`.
 pub fn measure<B: Backend>(
-    model: &nag_models::dit::Dit<B>,
+    model: &Sampled<'_, B>,
     meter: &mut dyn NoiseMeter<B>,
+    calibration: &mut Calibration<B>,
     labels: &[i64],
     sample: &SampleConfig,
     settings: &[(String, Guidance)],
@@ -85,22 +93,44 @@ pub fn measure<B: Backend>(
     let mut out = Vec::new();
     for (name, g) in settings {
         let t0 = std::time::Instant::now();
-        let mut rec = ShiftRecorder::new(meter, labels);
+        let mut rec = ShiftRecorder::new(meter, labels).with_calibration(calibration);
         {
             let mut cb = |info: StepInfo<B>| rec.observe(info);
-            generate(model, labels, *g, sample, Some(&mut cb))?;
+            model.generate(labels, *g, sample, Some(&mut cb))?;
         }
-        let steps = rec.finish()?;
+        let trace = rec.finish()?;
         eprintln!("measured '{name}' in {:.1}s", t0.elapsed().as_secs_f64());
         out.push(Setting {
             name: name.clone(),
             nag: g.nag_scale,
             cfg: g.cfg_scale,
-            late_delta: late_delta(&steps, 0.2),
-            steps,
+            late_delta: trace.late.delta,
+            late: trace.late,
+            steps: trace.steps,
         });
     }
     Ok(out)
+}
+
+/// Forward-noising reference: `n` real items of `dataset` (the same pick as `eval`'s real
+/// images) as a tensor, with their labels.
+pub fn reference_calibration<B: Backend>(
+    dataset: &dyn Dataset,
+    n: usize,
+    seed: u64,
+    schedule: Schedule,
+    device: &B::Device,
+) -> Result<Calibration<B>> {
+    let indices = pick_indices(dataset.len(), n, seed).with_context(|| {
+        format!(
+            "the calibration needs {n} real items but the data has {}",
+            dataset.len()
+        )
+    })?;
+    let (x, labels) = load_items(dataset, &indices, seed)?;
+    let [c, h, w] = dataset.shape();
+    let x0 = Tensor::<B, 4>::from_data(TensorData::new(x, [n, c, h, w]), device);
+    Ok(Calibration::new(x0, &labels, schedule, seed)?)
 }
 
 struct Task<'a> {
@@ -111,20 +141,97 @@ impl BackendTask for Task<'_> {
     type Output = Result<()>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let args = self.args;
-        let run = args.run.as_ref().expect("--run given");
-        let cfg = run_config(run)?;
-        let model = load_model::<B::InnerBackend>(&run.join("ema.safetensors"), &device)
-            .with_context(|| format!("loading the EMA weights of {}", run.display()))?;
-        let mc = model.config().clone();
+        if args.n < 2 {
+            bail!("--n must be at least 2 (the standard errors need two trajectories)");
+        }
+        let variance = parse_variance(&args.variance)?;
+        let threads = DeviceSpec::parse(&args.device)?.concurrent_batches();
+        // The model, its schedule, its data and the default sampler.
+        let oracle;
+        let net;
+        let (sampled, schedule, dataset, exact, label, classes, clip, path, ddpm) = match &args.run
+        {
+            Some(run) => {
+                let cfg = run_config(run)?;
+                net = load_model::<B::InnerBackend>(&run.join("ema.safetensors"), &device)
+                    .with_context(|| format!("loading the EMA weights of {}", run.display()))?;
+                let mc = net.config().clone();
+                let path = match cfg.objective {
+                    ObjectiveKind::Gvp => "gvp",
+                    ObjectiveKind::Vp => "vp",
+                    _ => "linear",
+                };
+                let options = DataOptions {
+                    seed: cfg.seed,
+                    image_size: cfg.image_size,
+                    ..DataOptions::default()
+                };
+                let dataset = open_dataset(&cfg.data, &options)
+                    .with_context(|| format!("opening the run's data '{}'", cfg.data))?;
+                let exact = open_gmm(&cfg.data, &options)?.map(|g| g.mixture().clone());
+                (
+                    Sampled::Network(&net),
+                    run_schedule(&cfg),
+                    dataset,
+                    exact,
+                    run.display().to_string(),
+                    mc.num_classes,
+                    SampleConfig::clip_for_channels(mc.in_channels),
+                    path,
+                    mc.time_input == TimeInput::DdpmIndex,
+                )
+            }
+            None => {
+                let name = args.model.as_deref().unwrap_or_default();
+                if name != "oracle" {
+                    bail!("--model '{name}': the only model besides --run is `oracle`");
+                }
+                if args.estimator.is_some() {
+                    bail!("--model oracle is measured with the exact posterior; drop --estimator");
+                }
+                let Some(gmm) = open_gmm(&args.data, &DataOptions::default())? else {
+                    bail!("--model oracle needs built-in gmm data (--data gmm, gmm8, gmm32, …), not '{}'", args.data);
+                };
+                oracle = Oracle::from_specs(
+                    &gmm,
+                    &args.objective,
+                    &args.oracle_error,
+                    &args.nag_form,
+                    args.seed,
+                )?;
+                let ddpm = matches!(oracle.schedule(), Schedule::Ddpm(_));
+                let label = format!(
+                    "oracle ({}, {}, error {}, NAG form {})",
+                    args.data, args.objective, args.oracle_error, args.nag_form
+                );
+                let classes = oracle.num_classes();
+                let shape = gmm.shape();
+                let exact = Some(gmm.mixture().clone());
+                (
+                    Sampled::Oracle {
+                        oracle: &oracle,
+                        shape,
+                        device: device.clone(),
+                    },
+                    oracle.schedule().clone(),
+                    Box::new(gmm) as Box<dyn Dataset>,
+                    exact,
+                    label,
+                    classes,
+                    true,
+                    if ddpm {
+                        "linear"
+                    } else {
+                        args.objective.as_str()
+                    },
+                    ddpm,
+                )
+            }
+        };
         let sampler = match &args.sampler {
             Some(s) => SamplerKind::parse(s)?,
-            None if mc.time_input == TimeInput::DdpmIndex => SamplerKind::Ddpm,
+            None if ddpm => SamplerKind::Ddpm,
             None => SamplerKind::Sde,
-        };
-        let path = match cfg.objective {
-            ObjectiveKind::Gvp => "gvp",
-            ObjectiveKind::Vp => "vp",
-            _ => "linear",
         };
         let sample = SampleConfig {
             sampler,
@@ -132,13 +239,11 @@ impl BackendTask for Task<'_> {
             eta: 0.0,
             seed: args.seed,
             path: path.into(),
-            clip_x0: SampleConfig::clip_for_channels(mc.in_channels),
-            threads: DeviceSpec::parse(&args.device)?.concurrent_batches(),
+            clip_x0: clip,
+            threads,
+            variance,
         };
-        if args.n == 0 {
-            bail!("--n must be at least 1");
-        }
-        let classes = mc.num_classes as i64;
+        let classes = classes as i64;
         let labels: Vec<i64> = (0..args.n as i64)
             .map(|i| if classes > 0 { i % classes } else { 0 })
             .collect();
@@ -149,41 +254,58 @@ impl BackendTask for Task<'_> {
                 Guidance::cfg_nag(args.cfg, args.nag),
             ),
         ];
-        let schedule = run_schedule(&cfg);
+        let mut calibration = reference_calibration::<B::InnerBackend>(
+            dataset.as_ref(),
+            args.n,
+            args.seed,
+            schedule.clone(),
+            &device,
+        )?;
         let (measure_name, results) = if let Some(est) = &args.estimator {
             let mut meter = nag_train::shift::EstimatorMeter::<B::InnerBackend>::load(est, &device)
                 .with_context(|| format!("loading the estimator {}", est.display()))?;
-            (
-                "estimator",
-                measure(&model, &mut meter, &labels, &sample, &settings)?,
-            )
+            let r = measure(
+                &sampled,
+                &mut meter,
+                &mut calibration,
+                &labels,
+                &sample,
+                &settings,
+            )?;
+            ("estimator", r)
         } else {
-            let options = DataOptions {
-                seed: cfg.seed,
-                image_size: cfg.image_size,
-                ..DataOptions::default()
-            };
-            let Some(gmm) = open_gmm(&cfg.data, &options)? else {
+            let Some(mixture) = exact else {
                 bail!(
-                    "the exact measurement needs a run trained on the built-in 'gmm' data (this run used '{}'); pass --estimator DIR (train one with `cargo xtask estimator train`)",
-                    cfg.data
+                    "the exact measurement needs built-in 'gmm' data (this run used '{}'); pass --estimator DIR (train one with `cargo xtask estimator train`)",
+                    dataset.name()
                 );
             };
-            let mut meter = ExactMeter::new(gmm.mixture(), &schedule, 400);
-            (
-                "exact",
-                measure(&model, &mut meter, &labels, &sample, &settings)?,
-            )
+            let mut meter = ExactMeter::new(&mixture, &schedule, 400);
+            let r = measure(
+                &sampled,
+                &mut meter,
+                &mut calibration,
+                &labels,
+                &sample,
+                &settings,
+            )?;
+            ("exact", r)
         };
+        let run = label;
         let report = Report {
-            run: run.display().to_string(),
+            run,
             measure: measure_name.into(),
             sampler: format!("{sampler:?}").to_lowercase(),
             sampler_steps: args.steps,
             n: args.n,
+            calibration_n: args.n,
             settings: results,
         };
-        let out_dir = args.out.clone().unwrap_or_else(|| run.clone());
+        let out_dir = match (&args.out, &args.run) {
+            (Some(out), _) => out.clone(),
+            (None, Some(run)) => run.clone(),
+            (None, None) => PathBuf::from("runs/shift-oracle"),
+        };
         std::fs::create_dir_all(&out_dir)
             .with_context(|| format!("creating {}", out_dir.display()))?;
         let json = serde_json::to_vec_pretty(&report)?;
@@ -192,6 +314,14 @@ impl BackendTask for Task<'_> {
         plot.x_label = "nominal noise level".into();
         plot.y_label = "measured noise level".into();
         plot.add_series("nominal", vec![(0.0, 0.0), (1.0, 1.0)]);
+        plot.add_series(
+            "forward-noised data (calibration)",
+            report.settings[0]
+                .steps
+                .iter()
+                .filter_map(|st| Some((st.tau, st.calibrated_tau?)))
+                .collect(),
+        );
         for s in &report.settings {
             plot.add_series(
                 &s.name,
@@ -202,36 +332,7 @@ impl BackendTask for Task<'_> {
         if args.json {
             println!("{}", String::from_utf8(json)?);
         } else {
-            println!(
-                "noise shift on {} ({measure_name} posterior, {} {} steps, {} trajectories)",
-                report.run, report.sampler, report.sampler_steps, report.n
-            );
-            println!(
-                "{:>8} {}",
-                "τ",
-                report
-                    .settings
-                    .iter()
-                    .map(|s| format!("{:>22}", format!("δ {}", s.name)))
-                    .collect::<String>()
-            );
-            let rows = report.settings[0].steps.len();
-            for i in (0..rows)
-                .step_by((rows / 10).max(1))
-                .chain(std::iter::once(rows - 1))
-            {
-                print!("{:>8.4}", report.settings[0].steps[i].tau);
-                for s in &report.settings {
-                    print!("{:>22.5}", s.steps[i].delta_mean);
-                }
-                println!();
-            }
-            for s in &report.settings {
-                println!(
-                    "mean δ over the last 20% (τ ≤ 0.2), {}: {:.5}",
-                    s.name, s.late_delta
-                );
-            }
+            print_report(&report);
             println!(
                 "wrote {} and {}",
                 out_dir.join("shift.json").display(),
@@ -239,6 +340,48 @@ impl BackendTask for Task<'_> {
             );
         }
         Ok(())
+    }
+}
+
+fn print_report(report: &Report) {
+    println!(
+        "noise shift on {} ({} posterior, {} {} steps, {} trajectories; excess δ = δ minus the same meter's δ on forward-noised data)",
+        report.run, report.measure, report.sampler, report.sampler_steps, report.n
+    );
+    print!("{:>8}", "τ");
+    for s in &report.settings {
+        print!("{:>18}{:>18}", format!("δ {}", s.name), "excess δ");
+    }
+    println!();
+    let rows = report.settings[0].steps.len();
+    for i in (0..rows)
+        .step_by((rows / 10).max(1))
+        .chain(std::iter::once(rows - 1))
+    {
+        print!("{:>8.4}", report.settings[0].steps[i].tau);
+        for s in &report.settings {
+            let st = &s.steps[i];
+            print!(
+                "{:>18.5}{:>18}",
+                st.delta_mean,
+                st.excess_delta.map_or("—".into(), |e| format!("{e:+.5}"))
+            );
+        }
+        println!();
+    }
+    for s in &report.settings {
+        let l = &s.late;
+        println!(
+            "last 20% (τ ≤ {}), {}: δ {:+.5} ± {:.5}, excess δ {} ",
+            l.fraction,
+            s.name,
+            l.delta,
+            l.delta_se,
+            match (l.excess_delta, l.excess_delta_se) {
+                (Some(e), Some(se)) => format!("{e:+.5} ± {se:.5}"),
+                _ => "—".into(),
+            }
+        );
     }
 }
 

@@ -184,12 +184,20 @@ fn tridiagonal_ql(
     mut z_t: Option<&mut [f64]>,
     n: usize,
 ) -> Result<(), MetricsError> {
+    // EISPACK's tql2 scale: an off-diagonal below ε·max_i(|d_i| + |e_i|) is negligible too.
+    // Without it a block of (numerically) zero eigenvalues, as a rank-deficient covariance has,
+    // never splits: its entries are all ~ε, so no relative test passes.
+    let norm = d
+        .iter()
+        .zip(e.iter())
+        .map(|(a, b)| a.abs() + b.abs())
+        .fold(0.0, f64::max);
     for l in 0..n {
         let mut iterations = 0;
         loop {
             // The first negligible off-diagonal at or after l splits the matrix.
             let mut m = l;
-            while m + 1 < n && e[m].abs() > f64::EPSILON * (d[m].abs() + d[m + 1].abs()) {
+            while m + 1 < n && e[m].abs() > f64::EPSILON * (d[m].abs() + d[m + 1].abs()).max(norm) {
                 m += 1;
             }
             if m == l {
