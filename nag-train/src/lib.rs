@@ -16,6 +16,8 @@
 //! - [`estimator`]: training, loading and validating the noise-level estimator `g_φ(τ | x)`.
 //! - [`shift`]: noise-shift measurement along sampling trajectories, calibrated against
 //!   forward-noised data.
+//! - [`study`]: the oracle study (`experiment oracle`): NAG's effect on the shift and the
+//!   samples, measured exactly.
 //! - [`oracle`]: the exact model of `gmm` data (`--model oracle`) with controlled errors.
 #![warn(missing_docs)]
 
@@ -30,6 +32,7 @@ pub mod objective;
 pub mod oracle;
 pub mod sampling;
 pub mod shift;
+pub mod study;
 pub mod train;
 
 /// An error and its chain of causes in one line, `outer: cause: root` (as `anyhow`'s `{:#}`

@@ -10,6 +10,7 @@ mod data;
 mod estimator;
 mod eval;
 mod experiment;
+mod experiment_oracle;
 mod features;
 mod forward;
 mod sample;
@@ -91,9 +92,10 @@ enum Command {
     /// Train the feature classifier used by `eval` (FD, precision / recall).
     #[command(subcommand)]
     Features(features::FeaturesCmd),
-    /// The README's experiment: `experiment nag` trains the default model on gmm data and
-    /// tabulates noise shift, FD, precision / recall and exact log-density with and without NAG.
-    Experiment(experiment::ExperimentArgs),
+    /// The README's experiments: `experiment nag` (a trained model on gmm data, with and
+    /// without NAG) and `experiment oracle` (the exact model with controlled errors).
+    #[command(subcommand)]
+    Experiment(experiment::ExperimentCmd),
     /// Time a DiT training step and forward here and, with --torch PYTHON, in the PyTorch
     /// reference on the same machine; prints the ratios.
     Bench(bench::BenchArgs),
@@ -118,7 +120,7 @@ fn main() -> ExitCode {
         Command::Estimator(cmd) => estimator::run(cmd),
         Command::Eval(args) => eval::run(args),
         Command::Features(cmd) => features::run(cmd),
-        Command::Experiment(args) => experiment::run(args),
+        Command::Experiment(cmd) => experiment::run_cmd(cmd),
         Command::Bench(args) => bench::run(args),
     };
     match result {
