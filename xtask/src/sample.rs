@@ -10,15 +10,36 @@ use clap::Args;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_core::guidance::Guidance;
 use nag_models::dit::{Dit, DitHints, TimeInput};
-use nag_train::generate::{generate, load_model, SampleConfig, SamplerKind};
+use nag_train::data::{open_gmm, DataOptions, Dataset};
+use nag_train::generate::{load_model, parse_variance, SampleConfig, Sampled, SamplerKind};
 use nag_train::image::{save_png_grid_with, GridOptions};
+use nag_train::oracle::Oracle;
 
 /// Arguments of `cargo xtask sample`.
 #[derive(Debug, Args)]
 pub struct SampleArgs {
     /// Run directory of `cargo xtask train` (reads its EMA weights).
-    #[arg(long, conflicts_with = "weights")]
+    #[arg(long, conflicts_with_all = ["weights", "model"])]
     pub run: Option<PathBuf>,
+    /// `oracle`: the exact model of the built-in gmm data instead of a network (see
+    /// `--oracle-error`, `--nag-form`, `--objective`).
+    #[arg(long, conflicts_with = "weights")]
+    pub model: Option<String>,
+    /// Oracle: the data (gmm, gmm8, gmm32, …; seed 0).
+    #[arg(long, default_value = "gmm")]
+    pub data: String,
+    /// Oracle: ddpm (ε, DiT's schedule) or linear / gvp / vp (velocity, SiT's paths).
+    #[arg(long, default_value = "ddpm")]
+    pub objective: String,
+    /// Oracle: a controlled error: none, eps-scale:K, eps-scale-cond:K, bias:B, smooth:S.
+    #[arg(long, default_value = "none")]
+    pub oracle_error: String,
+    /// Oracle: the noise-dropped branch, eps or score (classifier NAG, exact ∇log p(τ|x)).
+    #[arg(long, default_value = "eps")]
+    pub nag_form: String,
+    /// DDPM: fixed variance of models without variance channels, large (β_t) or small (β̃_t).
+    #[arg(long, default_value = "large")]
+    pub variance: String,
     /// Weights file instead of a run: .pt / .safetensors (official DiT/SiT files load as they are).
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -157,24 +178,68 @@ impl BackendTask for Task<'_> {
     type Output = Result<()>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let args = self.args;
-        let model = load::<B::InnerBackend>(args, &device)?;
-        let mc = model.config().clone();
+        let (net, oracle, shape) = match args.model.as_deref() {
+            None => {
+                let net = load::<B::InnerBackend>(args, &device)?;
+                let mc = net.config();
+                let shape = [mc.in_channels, mc.input_size, mc.input_size];
+                (Some(net), None, shape)
+            }
+            Some("oracle") => {
+                let Some(gmm) = open_gmm(&args.data, &DataOptions::default())? else {
+                    bail!("--model oracle needs built-in gmm data (--data gmm, gmm8, gmm32, …), not '{}'", args.data);
+                };
+                let oracle = Oracle::from_specs(
+                    &gmm,
+                    &args.objective,
+                    &args.oracle_error,
+                    &args.nag_form,
+                    args.seed,
+                )?;
+                (None, Some(oracle), gmm.shape())
+            }
+            Some(other) => {
+                bail!("--model '{other}': the only model besides --run/--weights is `oracle`")
+            }
+        };
+        let (sampled, num_classes, ddpm) = match (&net, &oracle) {
+            (Some(net), _) => (
+                Sampled::Network(net),
+                net.config().num_classes,
+                net.config().time_input == TimeInput::DdpmIndex,
+            ),
+            (None, Some(o)) => (
+                Sampled::Oracle {
+                    oracle: o,
+                    shape,
+                    device: device.clone(),
+                },
+                o.num_classes(),
+                matches!(o.schedule(), nag_core::schedule::Schedule::Ddpm(_)),
+            ),
+            (None, None) => unreachable!("one of the two was built above"),
+        };
         let sampler = match &args.sampler {
             Some(s) => SamplerKind::parse(s)?,
-            None if mc.time_input == TimeInput::DdpmIndex => SamplerKind::Ddpm,
+            None if ddpm => SamplerKind::Ddpm,
             None => SamplerKind::Sde,
+        };
+        let path = if oracle.is_some() && !ddpm {
+            args.objective.clone()
+        } else {
+            args.path.clone()
         };
         let cfg = SampleConfig {
             sampler,
             steps: args.steps,
             eta: args.eta,
             seed: args.seed,
-            path: args.path.clone(),
-            clip_x0: !args.no_clip && SampleConfig::clip_for_channels(mc.in_channels),
+            path,
+            clip_x0: !args.no_clip && SampleConfig::clip_for_channels(shape[0]),
             threads: DeviceSpec::parse(&args.device)?.concurrent_batches(),
-            variance: nag_train::sampling::FixedVariance::default(),
+            variance: parse_variance(&args.variance)?,
         };
-        let classes = mc.num_classes as i64;
+        let classes = num_classes as i64;
         let n = args.n.unwrap_or(if args.compare {
             classes.max(8) as usize
         } else {
@@ -211,7 +276,7 @@ impl BackendTask for Task<'_> {
         let mut all: Vec<Tensor<B::InnerBackend, 4>> = Vec::new();
         for (name, g) in &rows {
             let t0 = std::time::Instant::now();
-            let x = generate(&model, &labels, *g, &cfg, None)?;
+            let x = sampled.generate(&labels, *g, &cfg, None)?;
             eprintln!(
                 "sampled {n} {} in {:.1}s",
                 if name.is_empty() { "images" } else { name },
@@ -244,7 +309,7 @@ impl BackendTask for Task<'_> {
                 (n as f64).sqrt().ceil() as usize
             },
             padding: 2,
-            upscale: if mc.input_size <= 32 { 4 } else { 1 },
+            upscale: if shape[1] <= 32 { 4 } else { 1 },
             first3: shape[1] > 3,
             ..GridOptions::default()
         };
