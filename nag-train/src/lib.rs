@@ -9,7 +9,8 @@
 //! - [`objective`]: DDPM (hybrid loss) and interpolant training losses.
 //! - [`train`]: the noise-dropout trainer (AdamW, EMA, atomic checkpoints, exact resume).
 //! - [`sampling`]: DDPM, DDIM, SDE and ODE samplers over a [`sampling::DiffusionModel`].
-//! - [`guided`]: guidance as a model wrapper ([`guided::GuidedDit`]).
+//! - [`guided`]: guidance as a model wrapper ([`guided::GuidedDit`]); [`classifier_nag`]:
+//!   classifier NAG with a trained noise-level estimator, also a wrapper.
 //! - [`generate`]: sampling a trained model end to end.
 //! - [`metrics`]: sample quality: Fréchet distance, k-NN precision / recall, the feature
 //!   classifier, exact `gmm` metrics.
@@ -21,6 +22,7 @@
 //! - [`oracle`]: the exact model of `gmm` data (`--model oracle`) with controlled errors.
 #![warn(missing_docs)]
 
+pub mod classifier_nag;
 pub mod data;
 pub mod ema;
 pub mod estimator;

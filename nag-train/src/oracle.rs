@@ -127,6 +127,9 @@ pub enum NagForm {
     Eps,
     /// Classifier NAG with the exact `∇ₓ log p(τ|x)` (score space).
     Score,
+    /// Classifier NAG with a trained estimator's `∇ₓ log g_φ(τ|x)`
+    /// ([`crate::classifier_nag::ClassifierNag`]); not a branch of the oracle.
+    Estimator,
 }
 
 impl NagForm {
@@ -135,8 +138,9 @@ impl NagForm {
         match s {
             "eps" => Ok(Self::Eps),
             "score" => Ok(Self::Score),
+            "estimator" => Ok(Self::Estimator),
             _ => Err(OracleConfigError::Config(format!(
-                "--nag-form '{s}': expected eps or score"
+                "--nag-form '{s}': expected eps, score or estimator"
             ))),
         }
     }
@@ -171,6 +175,11 @@ impl Oracle {
         form: NagForm,
         seed: u64,
     ) -> Result<Self, OracleConfigError> {
+        if form == NagForm::Estimator {
+            return Err(OracleConfigError::Config(
+                "--nag-form estimator is classifier NAG with a trained g_φ: here, only `experiment oracle --estimator DIR` runs it".into(),
+            ));
+        }
         let (prediction, taus): (Prediction, Vec<f64>) = match &schedule {
             Schedule::Ddpm(_) => {
                 let table = DdpmSchedule::dit();
@@ -301,7 +310,7 @@ impl Oracle {
     /// The noise-dropped prediction at `x` (the form's; see the module docs).
     fn dropped(&self, x: &[f64], tau: f64, class: Option<usize>) -> Vec<f64> {
         match self.form {
-            NagForm::Eps => {
+            NagForm::Eps | NagForm::Estimator => {
                 let f = self.error.eps_factor(true);
                 // pred_j = a_j x + e_j ε̂_j, ε̂_j = −f σ_j s_j (+ bias).
                 let coef = |j: usize| {

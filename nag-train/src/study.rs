@@ -12,17 +12,20 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use nag_core::guidance::{Branch, Guidance, Interval};
 use nag_core::schedule::Schedule;
 use nag_models::dit::{Dit, TimeInput};
 use serde::Serialize;
 
+use crate::classifier_nag::ClassifierNag;
 use crate::data::{open_gmm, DataOptions, Dataset, GmmDataset};
-use crate::generate::{load_model, GenerateError, SampleConfig, Sampled, SamplerKind};
+use crate::estimator::load_estimator;
+use crate::generate::{load_model, sample_with, GenerateError, SampleConfig, Sampled, SamplerKind};
 use crate::metrics::gmm_metrics::{fd_to_mixture, gmm_metrics};
 use crate::metrics::{par_map, MetricsError};
-use crate::oracle::{NagForm, Oracle, OracleConfigError, OracleError};
+use crate::oracle::{NagForm, Oracle, OracleConfigError, OracleError, OracleModel};
 use crate::sampling::{FixedVariance, StepInfo};
 use crate::shift::{Calibration, ExactMeter, ShiftError, ShiftRecorder, ShiftStep};
 use crate::train::{ObjectiveKind, TrainConfig};
@@ -76,6 +79,8 @@ pub struct OracleStudyConfig {
     /// Trained runs on the same data (`cargo xtask train --data gmm`), measured next to the
     /// oracle.
     pub runs: Vec<PathBuf>,
+    /// A trained noise-level estimator on the same data, for [`NagForm::Estimator`].
+    pub estimator: Option<PathBuf>,
     /// Seed of the trajectories, the real items and the calibration noise.
     pub seed: u64,
     /// Concurrent batch chunks of a network evaluation.
@@ -98,6 +103,7 @@ impl Default for OracleStudyConfig {
             variances: vec![FixedVariance::Large],
             intervals: vec![None],
             runs: Vec::new(),
+            estimator: None,
             seed: 0,
             threads: 1,
         }
@@ -338,9 +344,9 @@ fn branch_errors<B: Backend>(
 }
 
 /// Runs the study; `progress` sees each row as it is measured. Computes, never prints.
-pub fn oracle_study<B: Backend>(
+pub fn oracle_study<A: AutodiffBackend>(
     cfg: &OracleStudyConfig,
-    device: &B::Device,
+    device: &A::Device,
     progress: &mut dyn FnMut(&StudyRow),
 ) -> Result<OracleStudy, StudyError> {
     let start = Instant::now();
@@ -381,13 +387,34 @@ pub fn oracle_study<B: Backend>(
             cfg.objective
         ));
     }
+    let estimator = match &cfg.estimator {
+        Some(path) => {
+            let (est, meta) = load_estimator::<A>(path, device)
+                .map_err(|e| StudyError::Config(format!("--estimator {}: {e}", path.display())))?;
+            if meta.data_shape != data.shape() {
+                return bad(format!(
+                    "--estimator {} was trained on {:?} items ('{}'); the study's data has {:?}",
+                    path.display(),
+                    meta.data_shape,
+                    meta.data,
+                    data.shape()
+                ));
+            }
+            let labels_needed = est.config().num_classes > 0;
+            Some((est, labels_needed))
+        }
+        None if cfg.forms.contains(&NagForm::Estimator) => {
+            return bad("--nag-form estimator needs --estimator DIR (a g_φ trained on the same data: `cargo xtask estimator train --data gmm`)".into());
+        }
+        None => None,
+    };
     let nets = cfg
         .runs
         .iter()
         .map(|r| {
             Ok((
                 r.display().to_string(),
-                load_run::<B>(r, &data, &cfg.objective, device)?,
+                load_run::<A::InnerBackend>(r, &data, &cfg.objective, device)?,
             ))
         })
         .collect::<Result<Vec<_>, StudyError>>()?;
@@ -409,7 +436,7 @@ pub fn oracle_study<B: Backend>(
         fd: fd_to_mixture(mixture, &real)?,
         modes: real_report.modes_covered,
     };
-    let x0 = Tensor::<B, 4>::from_data(TensorData::new(real, [n, c, h, w]), device);
+    let x0 = Tensor::<A::InnerBackend, 4>::from_data(TensorData::new(real, [n, c, h, w]), device);
     let mut calibration = Calibration::new(x0, &real_labels, schedule.clone(), cfg.seed)?;
     let mut meter = ExactMeter::new(mixture, &schedule, 400);
     let classes = probe.num_classes() as i64;
@@ -424,7 +451,7 @@ pub fn oracle_study<B: Backend>(
     let mut branch = Vec::new();
     // (model, steps, error, variance) → the unguided row, shared by every form and interval.
     let mut unguided: Vec<((String, usize, String, String), StudyRow)> = Vec::new();
-    let mut models: Vec<(String, OracleError, Option<&Dit<B>>)> = cfg
+    let mut models: Vec<(String, OracleError, Option<&Dit<A::InnerBackend>>)> = cfg
         .errors
         .iter()
         .map(|&e| ("oracle".to_string(), e, None))
@@ -460,7 +487,14 @@ pub fn oracle_study<B: Backend>(
                     cfg.forms.clone()
                 };
                 for form in forms {
-                    let oracle = Oracle::new(mixture, schedule.clone(), *error, form, cfg.seed)?;
+                    // The estimator form guides the unguided oracle through `ClassifierNag`.
+                    let oracle_form = if form == NagForm::Estimator {
+                        NagForm::Eps
+                    } else {
+                        form
+                    };
+                    let oracle =
+                        Oracle::new(mixture, schedule.clone(), *error, oracle_form, cfg.seed)?;
                     let sampled = match net {
                         Some(net) => Sampled::Network(*net),
                         None => Sampled::Oracle {
@@ -487,9 +521,38 @@ pub fn oracle_study<B: Backend>(
                             guidance.nag_interval = *interval;
                             let mut rec = ShiftRecorder::new(&mut meter, &labels)
                                 .with_calibration(&mut calibration);
+                            // At most ~100 measured steps per trajectory.
+                            rec.every = steps.div_ceil(100);
                             let x = {
-                                let mut cb = |info: StepInfo<B>| rec.observe(info);
-                                sampled.generate(&labels, guidance, &sample, Some(&mut cb))?
+                                let mut cb = |info: StepInfo<A::InnerBackend>| rec.observe(info);
+                                match (&estimator, form) {
+                                    (Some((est, with_labels)), NagForm::Estimator) => {
+                                        let inner =
+                                            OracleModel::new(&oracle, &labels, Guidance::none())?;
+                                        let mut model = ClassifierNag::new(
+                                            inner,
+                                            est,
+                                            with_labels.then(|| labels.clone()),
+                                            schedule.clone(),
+                                            nag,
+                                            *interval,
+                                        );
+                                        sample_with(
+                                            &mut model,
+                                            [n, c, h, w],
+                                            device,
+                                            ddpm,
+                                            &sample,
+                                            Some(&mut cb),
+                                        )?
+                                    }
+                                    _ => sampled.generate(
+                                        &labels,
+                                        guidance,
+                                        &sample,
+                                        Some(&mut cb),
+                                    )?,
+                                }
                             };
                             let trace = rec.finish()?;
                             let values: Vec<f32> =

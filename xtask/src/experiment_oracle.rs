@@ -30,7 +30,8 @@ pub struct OracleArgs {
     #[arg(long, value_delimiter = ',', default_value = "0,0.5,1,2,3,4")]
     pub nag: Vec<f64>,
     /// The oracle's noise-dropped branch: eps (a noise-dropout network's ε average), score
-    /// (classifier NAG with the exact ∇log p(τ|x)), or both: `eps,score`.
+    /// (classifier NAG with the exact ∇log p(τ|x)), estimator (classifier NAG with a trained
+    /// g_φ, needs --estimator), or several: `eps,score`.
     #[arg(long, value_delimiter = ',', default_value = "eps")]
     pub nag_form: Vec<String>,
     /// Errors of the oracle: none, eps-scale:K, eps-scale-cond:K, bias:B, smooth:S (a list).
@@ -47,6 +48,10 @@ pub struct OracleArgs {
     /// oracle, with their branches' error against the oracle's.
     #[arg(long, value_delimiter = ',')]
     pub runs: Vec<PathBuf>,
+    /// A noise-level estimator trained on the same data (`cargo xtask estimator train --data
+    /// gmm`), for `--nag-form estimator` (classifier NAG with its ∇log g_φ(τ|x)).
+    #[arg(long)]
+    pub estimator: Option<PathBuf>,
     /// The data: gmm, gmm8, gmm32, … (seed 0).
     #[arg(long, default_value = "gmm")]
     pub data: String,
@@ -120,6 +125,7 @@ fn config(args: &OracleArgs, spec: DeviceSpec) -> Result<OracleStudyConfig> {
             .map(|i| parse_interval(i))
             .collect::<Result<_>>()?,
         runs: args.runs.clone(),
+        estimator: args.estimator.clone(),
         seed: args.seed,
         threads: spec.concurrent_batches(),
     })
@@ -139,11 +145,7 @@ impl BackendTask for Task<'_> {
                 eprintln!("{}  ({:.0}s)", table_row(row), row.seconds);
             }
         };
-        Ok(oracle_study::<B::InnerBackend>(
-            self.cfg,
-            &device,
-            &mut progress,
-        )?)
+        Ok(oracle_study::<B>(self.cfg, &device, &mut progress)?)
     }
 }
 
@@ -151,6 +153,7 @@ fn form_name(f: NagForm) -> &'static str {
     match f {
         NagForm::Eps => "eps",
         NagForm::Score => "score",
+        NagForm::Estimator => "estimator",
     }
 }
 
