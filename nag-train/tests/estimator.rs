@@ -209,3 +209,43 @@ fn bad_input_is_an_error() {
     assert!(validate_on_gmm(&est, &gmm, &linear, 2, 0).is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Classifier NAG's signal: the autodiff gradient of `log p̂(bin(τ) | x)` matches central
+/// differences of the estimator's log-softmax (random weights, f32, a few coordinates).
+#[test]
+fn log_posterior_gradient_matches_finite_differences() {
+    use burn::module::AutodiffModule;
+    use burn::tensor::activation::log_softmax;
+    use nag_train::classifier_nag::log_posterior_grad;
+    let device = Default::default();
+    let cfg = nag_models::EstimatorConfig::new(8, 4, 3, 32, 1, 2, 10);
+    let est = init_estimator::<AD>(&cfg, 5, &device).unwrap();
+    let values: Vec<f32> = (0..192).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let x = Tensor::<B, 4>::from_data(TensorData::new(values.clone(), [1, 3, 8, 8]), &device);
+    let tau = 0.35; // bin 3 of 10
+    let g: Vec<f32> = log_posterior_grad(&est, x, tau, None)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let inner = est.valid();
+    let f = |v: &[f32]| -> f64 {
+        let x = Tensor::<B, 4>::from_data(TensorData::new(v.to_vec(), [1, 3, 8, 8]), &device);
+        let lp: Vec<f32> = log_softmax(inner.forward(x, None), 1).into_data().to_vec().unwrap();
+        lp[3] as f64
+    };
+    let h = 1e-2f32;
+    let scale = g.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+    assert!(scale > 1e-4, "the gradient is not trivially zero: {scale}");
+    for i in [0, 17, 64, 100, 191] {
+        let (mut p, mut m) = (values.clone(), values.clone());
+        p[i] += h;
+        m[i] -= h;
+        let fd = (f(&p) - f(&m)) / (2.0 * h as f64);
+        assert!(
+            (fd - g[i] as f64).abs() < 0.02 * scale + 1e-4,
+            "coordinate {i}: autodiff {} vs differences {fd}",
+            g[i]
+        );
+    }
+}
