@@ -159,6 +159,12 @@ pub struct ShiftStep {
     /// Standard error of `excess_delta` (the two sets are independent).
     #[serde(default)]
     pub excess_delta_se: Option<f64>,
+    /// The effective noise level: the nominal τ' at which forward-noised data reads
+    /// `measured_tau` on the calibration curve (linear between the recorded levels, the
+    /// bracketing segment nearest to τ); `None` outside the curve's range or without
+    /// calibration.
+    #[serde(default)]
+    pub effective_tau: Option<f64>,
 }
 
 /// The meter's own reading on forward-noised data: at a nominal level τ the reference states
@@ -341,15 +347,25 @@ impl<'m, B: Backend> ShiftRecorder<'m, B> {
             calibrated_tau,
             excess_delta,
             excess_delta_se,
+            effective_tau: None,
         });
         self.readings.push((measured, calibrated));
         Ok(())
     }
 
     /// The per-step statistics and their late averages, or the first measurement error.
-    pub fn finish(self) -> Result<ShiftTrace, ShiftError> {
+    pub fn finish(mut self) -> Result<ShiftTrace, ShiftError> {
         if let Some(e) = self.error {
             return Err(e);
+        }
+        let mut curve: Vec<(f64, f64)> = self
+            .steps
+            .iter()
+            .filter_map(|s| Some((s.tau, s.calibrated_tau?)))
+            .collect();
+        curve.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for s in &mut self.steps {
+            s.effective_tau = invert_curve(&curve, s.measured_tau, s.tau);
         }
         let late: Vec<usize> = (0..self.steps.len())
             .filter(|&i| self.steps[i].tau <= self.late_fraction)
@@ -386,6 +402,19 @@ impl<'m, B: Backend> ShiftRecorder<'m, B> {
             steps: self.steps,
         })
     }
+}
+
+/// `τ'` with `c(τ') = m` on the piecewise-linear curve `(τ_i, c_i)` (sorted by τ), from the
+/// bracketing segment nearest to `near`; `None` when no segment brackets `m`.
+fn invert_curve(curve: &[(f64, f64)], m: f64, near: f64) -> Option<f64> {
+    curve
+        .windows(2)
+        .filter_map(|w| {
+            let ((t0, c0), (t1, c1)) = (w[0], w[1]);
+            let inside = (c0.min(c1)..=c0.max(c1)).contains(&m) && c1 != c0;
+            inside.then(|| t0 + (m - c0) * (t1 - t0) / (c1 - c0))
+        })
+        .min_by(|a, b| (a - near).abs().total_cmp(&(b - near).abs()))
 }
 
 /// Per item, the mean over the given steps of `reading − τ`; `None` when there are no steps or
@@ -497,6 +526,14 @@ mod tests {
         assert!(many
             .iter()
             .all(|s| s.delta_quantiles[0] <= s.delta_quantiles[4]));
+    }
+
+    #[test]
+    fn calibration_curve_inverts_linearly() {
+        let curve = [(0.1, 0.15), (0.2, 0.22), (0.3, 0.31)];
+        assert!((invert_curve(&curve, 0.22, 0.0).unwrap() - 0.2).abs() < 1e-12);
+        assert!((invert_curve(&curve, 0.265, 0.3).unwrap() - 0.25).abs() < 1e-12);
+        assert_eq!(invert_curve(&curve, 0.5, 0.3), None);
     }
 
     #[test]

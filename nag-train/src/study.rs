@@ -383,7 +383,8 @@ pub fn oracle_study<A: AutodiffBackend>(
     });
     if ddpm != matches!(sampler, SamplerKind::Ddpm | SamplerKind::Ddim) {
         return bad(format!(
-            "--sampler {sampler:?} does not suit the {} objective (ddpm/ddim for ddpm, sde/ode otherwise)",
+            "--sampler {} does not suit the {} objective (ddpm/ddim for ddpm, sde/ode otherwise)",
+            format!("{sampler:?}").to_lowercase(),
             cfg.objective
         ));
     }
@@ -462,7 +463,10 @@ pub fn oracle_study<A: AutodiffBackend>(
     );
     for (name, error, net) in &models {
         for &steps in &cfg.steps {
+            // The fixed variance matters to the DDPM sampler only, and not to a model that
+            // learned its variance.
             let variances: Vec<Option<FixedVariance>> = match net {
+                _ if sampler != SamplerKind::Ddpm => vec![None],
                 Some(n) if n.config().learn_sigma => vec![None],
                 _ => cfg.variances.iter().map(|&v| Some(v)).collect(),
             };
@@ -477,7 +481,12 @@ pub fn oracle_study<A: AutodiffBackend>(
                     threads: cfg.threads,
                     variance: variance.unwrap_or_default(),
                 };
-                let variance_label = variance.map_or("learned", variance_name).to_string();
+                let variance_label = match variance {
+                    Some(v) => variance_name(v),
+                    None if sampler == SamplerKind::Ddpm => "learned",
+                    None => "—",
+                }
+                .to_string();
                 if let Some(net) = net {
                     branch.push(branch_errors(*net, &probe, &labels, &sample, name.clone())?);
                 }

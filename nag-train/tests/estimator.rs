@@ -220,7 +220,9 @@ fn log_posterior_gradient_matches_finite_differences() {
     let device = Default::default();
     let cfg = nag_models::EstimatorConfig::new(8, 4, 3, 32, 1, 2, 10);
     let est = init_estimator::<AD>(&cfg, 5, &device).unwrap();
-    let values: Vec<f32> = (0..192).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let values: Vec<f32> = (0..192)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
     let x = Tensor::<B, 4>::from_data(TensorData::new(values.clone(), [1, 3, 8, 8]), &device);
     let tau = 0.35; // bin 3 of 10
     let g: Vec<f32> = log_posterior_grad(&est, x, tau, None)
@@ -231,7 +233,10 @@ fn log_posterior_gradient_matches_finite_differences() {
     let inner = est.valid();
     let f = |v: &[f32]| -> f64 {
         let x = Tensor::<B, 4>::from_data(TensorData::new(v.to_vec(), [1, 3, 8, 8]), &device);
-        let lp: Vec<f32> = log_softmax(inner.forward(x, None), 1).into_data().to_vec().unwrap();
+        let lp: Vec<f32> = log_softmax(inner.forward(x, None), 1)
+            .into_data()
+            .to_vec()
+            .unwrap();
         lp[3] as f64
     };
     let h = 1e-2f32;
