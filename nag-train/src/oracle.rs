@@ -119,7 +119,7 @@ impl OracleError {
 }
 
 /// How the oracle's noise-dropped branch is formed (`--nag-form`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NagForm {
     /// The ε-space (prediction-space) average a noise-dropout network learns.

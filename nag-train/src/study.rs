@@ -17,7 +17,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use nag_core::guidance::{Branch, Guidance, Interval};
 use nag_core::schedule::Schedule;
 use nag_models::dit::{Dit, TimeInput};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::classifier_nag::ClassifierNag;
 use crate::data::{open_gmm, DataOptions, Dataset, GmmDataset};
@@ -111,7 +111,7 @@ impl Default for OracleStudyConfig {
 }
 
 /// One setting's measurements.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StudyRow {
     /// `oracle` or the run folder.
     pub model: String,
@@ -143,14 +143,15 @@ pub struct StudyRow {
     pub modes: usize,
     /// Fraction of samples in their label's mode.
     pub label_agreement: f64,
-    /// Per-step shift.
+    /// Per-step shift (not saved: `shift --model oracle` writes it for one setting).
+    #[serde(skip_serializing, default)]
     pub shift: Vec<ShiftStep>,
     /// Seconds for this setting.
     pub seconds: f64,
 }
 
 /// The same numbers for `n` real items.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RealReference {
     /// Exact mean log-density.
     pub log_density: f64,
@@ -161,7 +162,7 @@ pub struct RealReference {
 }
 
 /// A trained network's branches against the oracle's along its unguided trajectories.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BranchError {
     /// The run folder.
     pub model: String,
@@ -180,7 +181,7 @@ pub struct BranchError {
 }
 
 /// The study's results.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OracleStudy {
     /// The data.
     pub data: String,

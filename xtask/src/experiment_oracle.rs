@@ -67,6 +67,10 @@ pub struct OracleArgs {
     /// Output folder.
     #[arg(long, default_value = "runs/experiment-oracle")]
     pub out: PathBuf,
+    /// Re-render `table.md` and the plots (and rewrite `results.json`) from a saved
+    /// `results.json` into `--out`, without measuring anything.
+    #[arg(long)]
+    pub from_results: Option<PathBuf>,
     /// Print one JSON object (`{"settings": [...]}`) instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -184,7 +188,7 @@ fn table_row(r: &StudyRow) -> String {
 /// The table as markdown.
 pub fn markdown(s: &OracleStudy, command: &str) -> String {
     let mut t = String::from(
-        "| model | steps | variance | error | form | NAG τ range | w | excess δ, last 20 % | raw δ | log-density ↑ | FD ↓ | modes | label agreement |\n\
+        "| model | steps | variance | error | form | NAG τ range | w | excess δ, last 20 % | raw δ | log-density (real: last row) | FD ↓ | modes | label agreement |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &s.settings {
@@ -246,13 +250,10 @@ fn groups(s: &OracleStudy) -> Vec<(String, Vec<&StudyRow>)> {
 
 fn write_outputs(out: &Path, s: &OracleStudy, command: &str) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    #[derive(serde::Serialize)]
-    struct Saved<'a> {
-        command: &'a str,
-        #[serde(flatten)]
-        study: &'a OracleStudy,
-    }
-    let json = serde_json::to_vec_pretty(&Saved { command, study: s })?;
+    let json = serde_json::to_vec_pretty(&Saved {
+        command: command.to_string(),
+        study: s.clone(),
+    })?;
     write_atomic(&out.join("results.json"), &json)?;
     write_atomic(&out.join("table.md"), markdown(s, command).as_bytes())?;
     let gs = groups(s);
@@ -275,8 +276,71 @@ fn write_outputs(out: &Path, s: &OracleStudy, command: &str) -> Result<()> {
         panel("FD to the exact moments", "FD", &|r| r.fd),
     ]);
     write_atomic(&out.join("sweep.png"), &sweep.encode_png()?)?;
+    // Against the number of steps, one series per setting but the steps.
+    let mut step_values: Vec<usize> = s.settings.iter().map(|r| r.steps).collect();
+    step_values.sort_unstable();
+    step_values.dedup();
+    if step_values.len() > 1 {
+        let mut series: Vec<(String, Vec<&StudyRow>)> = Vec::new();
+        for r in &s.settings {
+            let key = format!(
+                "{} {} {} {} w={}",
+                r.error,
+                form_name(r.form),
+                r.variance,
+                interval_name(r.interval),
+                r.nag
+            );
+            match series.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(r),
+                None => series.push((key, vec![r])),
+            }
+        }
+        let (lo, hi) = (
+            (step_values[0] as f64).log10(),
+            (step_values[step_values.len() - 1] as f64).log10(),
+        );
+        let panel = |title: &str, y: &str, real: Option<f64>, f: &dyn Fn(&StudyRow) -> f64| {
+            let mut p = LinePlot::new(title);
+            p.width = 480;
+            p.height = 360;
+            p.x_label = "log10 sampling steps".into();
+            p.y_label = y.into();
+            if let Some(v) = real {
+                p.add_series("real data", vec![(lo, v), (hi, v)]);
+            }
+            for (name, rows) in &series {
+                p.add_series(
+                    name,
+                    rows.iter()
+                        .map(|r| ((r.steps as f64).log10(), f(r)))
+                        .collect(),
+                );
+            }
+            p.render()
+        };
+        let img = side_by_side(&[
+            panel(
+                "excess noise shift, last 20 %",
+                "excess delta",
+                Some(0.0),
+                &|r| r.excess_delta_late,
+            ),
+            panel(
+                "exact log-density",
+                "nats",
+                Some(s.real.log_density),
+                &|r| r.log_density,
+            ),
+            panel("FD to the exact moments", "FD", Some(s.real.fd), &|r| r.fd),
+        ]);
+        write_atomic(&out.join("steps.png"), &img.encode_png()?)?;
+    }
     // Excess δ along sampling for every w of the first group.
-    if let Some((name, rows)) = gs.first() {
+    if let Some((name, rows)) = gs
+        .first()
+        .filter(|(_, rows)| rows.iter().all(|r| !r.shift.is_empty()))
+    {
         let mut p = LinePlot::new(&format!("excess noise shift along sampling: {name}"));
         p.x_label = "nominal noise level".into();
         p.y_label = "excess delta".into();
@@ -294,8 +358,30 @@ fn write_outputs(out: &Path, s: &OracleStudy, command: &str) -> Result<()> {
     Ok(())
 }
 
+/// What `results.json` holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    command: String,
+    #[serde(flatten)]
+    study: OracleStudy,
+}
+
 /// Runs `cargo xtask experiment oracle`.
 pub fn run(args: &OracleArgs) -> Result<()> {
+    if let Some(path) = &args.from_results {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --from-results {}", path.display()))?;
+        let saved: Saved = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not the results.json of `experiment oracle`",
+                path.display()
+            )
+        })?;
+        write_outputs(&args.out, &saved.study, &saved.command)?;
+        println!("{}", markdown(&saved.study, &saved.command));
+        println!("re-rendered {} from {}", args.out.display(), path.display());
+        return Ok(());
+    }
     let spec = DeviceSpec::parse(&args.device)?;
     let cfg = config(args, spec)?;
     let study = dispatch(
