@@ -87,7 +87,7 @@ impl OracleError {
             return Err(bad("the value must be finite"));
         }
         match kind {
-            "eps-scale" | "eps-scale-cond" if !(v < 1.0) => Err(bad("K must be < 1")),
+            "eps-scale" | "eps-scale-cond" if v >= 1.0 => Err(bad("K must be < 1")),
             "bias" | "smooth" if v < 0.0 => Err(bad("the value must be ≥ 0")),
             "eps-scale" => Ok(Self::EpsScale(v)),
             "eps-scale-cond" => Ok(Self::EpsScaleCond(v)),
@@ -273,7 +273,13 @@ impl Oracle {
 
     /// `(x0, ε)` weights of the prediction and, for velocity, the conversion
     /// `pred = a·x + e·ε̂` through `x̂0 = (x − σ ε̂)/α`: returns `(a, e)`; `None` where α = 0.
-    fn from_eps(&self, alpha: f64, sigma: f64, d_alpha: f64, d_sigma: f64) -> Option<(f64, f64)> {
+    fn eps_to_pred(
+        &self,
+        alpha: f64,
+        sigma: f64,
+        d_alpha: f64,
+        d_sigma: f64,
+    ) -> Option<(f64, f64)> {
         match self.prediction {
             Prediction::Velocity => {
                 (alpha > 0.0).then(|| (d_alpha / alpha, d_sigma - d_alpha * sigma / alpha))
@@ -294,7 +300,7 @@ impl Oracle {
         if let Some(b) = &self.bias {
             eps.iter_mut().zip(b).for_each(|(e, bi)| *e += bi);
         }
-        match self.from_eps(c.alpha, c.sigma, c.d_alpha, c.d_sigma) {
+        match self.eps_to_pred(c.alpha, c.sigma, c.d_alpha, c.d_sigma) {
             Some((a, e)) => x.iter().zip(&eps).map(|(xi, ei)| a * xi + e * ei).collect(),
             None => {
                 // α = 0 (velocity only): x̂0 = E[x0], v = α'·E[x0] + σ'·ε̂.
@@ -315,7 +321,7 @@ impl Oracle {
                 // pred_j = a_j x + e_j ε̂_j, ε̂_j = −f σ_j s_j (+ bias).
                 let coef = |j: usize| {
                     let [a, s, da, ds] = self.levels[j];
-                    self.from_eps(a, s, da, ds)
+                    self.eps_to_pred(a, s, da, ds)
                         .expect("training levels have α > 0")
                 };
                 let mut out = self
@@ -338,7 +344,7 @@ impl Oracle {
             NagForm::Score => {
                 let mut out = self.conditioned(x, tau, class);
                 let c = self.schedule.coefficients(tau);
-                let Some((_, e)) = self.from_eps(c.alpha, c.sigma, c.d_alpha, c.d_sigma) else {
+                let Some((_, e)) = self.eps_to_pred(c.alpha, c.sigma, c.d_alpha, c.d_sigma) else {
                     return out;
                 };
                 // ε = −σ s, so the score's coefficient in the prediction is −σ·e.

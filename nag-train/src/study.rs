@@ -344,6 +344,9 @@ fn branch_errors<B: Backend>(
     })
 }
 
+/// A model of the study: its name, the oracle's error, and the network (none for the oracle).
+type ModelEntry<'a, B> = (String, OracleError, Option<&'a Dit<B>>);
+
 /// Runs the study; `progress` sees each row as it is measured. Computes, never prints.
 pub fn oracle_study<A: AutodiffBackend>(
     cfg: &OracleStudyConfig,
@@ -453,7 +456,7 @@ pub fn oracle_study<A: AutodiffBackend>(
     let mut branch = Vec::new();
     // (model, steps, error, variance) → the unguided row, shared by every form and interval.
     let mut unguided: Vec<((String, usize, String, String), StudyRow)> = Vec::new();
-    let mut models: Vec<(String, OracleError, Option<&Dit<A::InnerBackend>>)> = cfg
+    let mut models: Vec<ModelEntry<'_, A::InnerBackend>> = cfg
         .errors
         .iter()
         .map(|&e| ("oracle".to_string(), e, None))

@@ -249,11 +249,14 @@ pub fn fd_to_mixture(mixture: &GaussianMixture, samples: &[f32]) -> Result<f64, 
     };
     let mut mu = vec![0.0; d];
     let mut tr = d as f64 * mixture.s().powi(2);
-    for k in 0..k_count {
+    for (k, &wk) in weights.iter().enumerate().take(k_count) {
         let (m, ut) = comp(k)?;
-        mu.iter_mut().zip(m).for_each(|(a, b)| *a += weights[k] * b);
-        tr += weights[k]
-            * (ut.iter().map(|v| v * v).sum::<f64>() + m.iter().map(|v| v * v).sum::<f64>());
+        mu.iter_mut().zip(m).for_each(|(a, b)| *a += wk * b);
+        let (uu, mm): (f64, f64) = (
+            ut.iter().map(|v| v * v).sum(),
+            m.iter().map(|v| v * v).sum(),
+        );
+        tr += wk * (uu + mm);
     }
     tr -= mu.iter().map(|v| v * v).sum::<f64>();
     let mut mean = vec![0.0; d];
@@ -280,12 +283,12 @@ pub fn fd_to_mixture(mixture: &GaussianMixture, samples: &[f32]) -> Result<f64, 
     };
     // Columns (FU_k)_i and Fμ_k with their weights, then Fμ with weight −1.
     let mut cols: Vec<(f64, Vec<f64>)> = Vec::new();
-    for k in 0..k_count {
+    for (k, &wk) in weights.iter().enumerate().take(k_count) {
         let (m, ut) = comp(k)?;
         for u in ut.chunks_exact(d) {
-            cols.push((weights[k], dotf(u)));
+            cols.push((wk, dotf(u)));
         }
-        cols.push((weights[k], dotf(m)));
+        cols.push((wk, dotf(m)));
     }
     cols.push((-1.0, dotf(&mu)));
     let s2 = mixture.s().powi(2);
