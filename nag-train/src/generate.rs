@@ -177,11 +177,6 @@ pub fn generate<B: Backend>(
     cfg: &SampleConfig,
     callback: StepCallback<'_, B>,
 ) -> Result<Tensor<B, 4>, GenerateError> {
-    if cfg.steps == 0 && cfg.sampler != SamplerKind::Ode {
-        return Err(GenerateError::Config(
-            "--steps must be at least 1 (0 means adaptive, for --sampler ode only)".into(),
-        ));
-    }
     if labels.is_empty() {
         return Err(GenerateError::Config("--n must be at least 1".into()));
     }

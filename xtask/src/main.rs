@@ -13,6 +13,7 @@ mod experiment;
 mod experiment_oracle;
 mod features;
 mod forward;
+mod oracle_args;
 mod sample;
 mod shift;
 mod shift_run;

@@ -10,10 +10,9 @@ use clap::Args;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_core::guidance::Guidance;
 use nag_models::dit::{Dit, DitHints, TimeInput};
-use nag_train::data::{open_gmm, DataOptions, Dataset};
+use nag_train::data::Dataset;
 use nag_train::generate::{load_model, parse_variance, SampleConfig, Sampled, SamplerKind};
 use nag_train::image::{save_png_grid_with, GridOptions};
-use nag_train::oracle::Oracle;
 
 /// Arguments of `cargo xtask sample`.
 #[derive(Debug, Args)]
@@ -21,22 +20,9 @@ pub struct SampleArgs {
     /// Run directory of `cargo xtask train` (reads its EMA weights).
     #[arg(long, conflicts_with_all = ["weights", "model"])]
     pub run: Option<PathBuf>,
-    /// `oracle`: the exact model of the built-in gmm data instead of a network (see
-    /// `--oracle-error`, `--nag-form`, `--objective`).
-    #[arg(long, conflicts_with = "weights")]
-    pub model: Option<String>,
-    /// Oracle: the data (gmm, gmm8, gmm32, …; seed 0).
-    #[arg(long, default_value = "gmm")]
-    pub data: String,
-    /// Oracle: ddpm (ε, DiT's schedule) or linear / gvp / vp (velocity, SiT's paths).
-    #[arg(long, default_value = "ddpm")]
-    pub objective: String,
-    /// Oracle: a controlled error: none, eps-scale:K, eps-scale-cond:K, bias:B, smooth:S.
-    #[arg(long, default_value = "none")]
-    pub oracle_error: String,
-    /// Oracle: the noise-dropped branch, eps or score (classifier NAG, exact ∇log p(τ|x)).
-    #[arg(long, default_value = "eps")]
-    pub nag_form: String,
+    /// The exact gmm model instead of a network.
+    #[command(flatten)]
+    pub oracle: crate::oracle_args::OracleOpts,
     /// DDPM: fixed variance of models without variance channels, large (β_t) or small (β̃_t).
     #[arg(long, default_value = "large")]
     pub variance: String,
@@ -178,28 +164,13 @@ impl BackendTask for Task<'_> {
     type Output = Result<()>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let args = self.args;
-        let (net, oracle, shape) = match args.model.as_deref() {
+        let (net, oracle, shape) = match args.oracle.build(args.seed, "--run/--weights")? {
+            Some((oracle, gmm)) => (None, Some(oracle), gmm.shape()),
             None => {
                 let net = load::<B::InnerBackend>(args, &device)?;
                 let mc = net.config();
                 let shape = [mc.in_channels, mc.input_size, mc.input_size];
                 (Some(net), None, shape)
-            }
-            Some("oracle") => {
-                let Some(gmm) = open_gmm(&args.data, &DataOptions::default())? else {
-                    bail!("--model oracle needs built-in gmm data (--data gmm, gmm8, gmm32, …), not '{}'", args.data);
-                };
-                let oracle = Oracle::from_specs(
-                    &gmm,
-                    &args.objective,
-                    &args.oracle_error,
-                    &args.nag_form,
-                    args.seed,
-                )?;
-                (None, Some(oracle), gmm.shape())
-            }
-            Some(other) => {
-                bail!("--model '{other}': the only model besides --run/--weights is `oracle`")
             }
         };
         let (sampled, num_classes, ddpm) = match (&net, &oracle) {
@@ -225,7 +196,7 @@ impl BackendTask for Task<'_> {
             None => SamplerKind::Sde,
         };
         let path = if oracle.is_some() && !ddpm {
-            args.objective.clone()
+            args.oracle.objective.clone()
         } else {
             args.path.clone()
         };

@@ -16,24 +16,9 @@ pub struct ShiftArgs {
     /// Measure along the sampling trajectories of this training run (else: analytic mode).
     #[arg(long, conflicts_with = "model")]
     pub run: Option<PathBuf>,
-    /// `oracle`: measure along the trajectories of the exact model of the built-in `gmm` data
-    /// instead of a trained run (see `--oracle-error`, `--nag-form`, `--objective`).
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Oracle: the data (`gmm`, `gmm8`, `gmm32`, …; seed 0).
-    #[arg(long, default_value = "gmm")]
-    pub data: String,
-    /// Oracle: its training objective, which fixes the schedule and what it predicts:
-    /// ddpm (ε, DiT's schedule) or linear / gvp / vp (velocity, SiT's paths).
-    #[arg(long, default_value = "ddpm")]
-    pub objective: String,
-    /// Oracle: a controlled error: none, eps-scale:K, eps-scale-cond:K, bias:B, smooth:S.
-    #[arg(long, default_value = "none")]
-    pub oracle_error: String,
-    /// Oracle: the noise-dropped branch, eps (a noise-dropout network's ε average) or score
-    /// (classifier NAG with the exact ∇log p(τ|x)).
-    #[arg(long, default_value = "eps")]
-    pub nag_form: String,
+    /// The exact gmm model instead of a run (`--model oracle`).
+    #[command(flatten)]
+    pub oracle: crate::oracle_args::OracleOpts,
     /// DDPM sampler: fixed variance for models without variance channels, large (β_t, DiT's
     /// default) or small (β̃_t).
     #[arg(long, default_value = "large")]
@@ -147,7 +132,7 @@ fn fmt(v: Option<f64>) -> String {
 
 /// Runs `cargo xtask shift`.
 pub fn run(args: &ShiftArgs) -> Result<()> {
-    if args.run.is_some() || args.model.is_some() {
+    if args.run.is_some() || args.oracle.model.is_some() {
         return crate::shift_run::run(args);
     }
     run_analytic(args)

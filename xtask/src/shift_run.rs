@@ -14,7 +14,6 @@ use nag_models::dit::TimeInput;
 use nag_train::data::{open_dataset, open_gmm, DataOptions, Dataset};
 use nag_train::generate::{load_model, parse_variance, SampleConfig, Sampled, SamplerKind};
 use nag_train::image::LinePlot;
-use nag_train::oracle::Oracle;
 use nag_train::sampling::StepInfo;
 use nag_train::shift::{Calibration, ExactMeter, LateShift, NoiseMeter, ShiftRecorder, ShiftStep};
 use nag_train::train::{write_atomic, ObjectiveKind, TrainConfig};
@@ -182,27 +181,15 @@ impl BackendTask for Task<'_> {
                 )
             }
             None => {
-                let name = args.model.as_deref().unwrap_or_default();
-                if name != "oracle" {
-                    bail!("--model '{name}': the only model besides --run is `oracle`");
-                }
-                if args.estimator.is_some() {
-                    bail!("--model oracle is measured with the exact posterior; drop --estimator");
-                }
-                let Some(gmm) = open_gmm(&args.data, &DataOptions::default())? else {
-                    bail!("--model oracle needs built-in gmm data (--data gmm, gmm8, gmm32, …), not '{}'", args.data);
+                let Some((built, gmm)) = args.oracle.build(args.seed, "--run")? else {
+                    bail!("give --run RUN_DIR or --model oracle");
                 };
-                oracle = Oracle::from_specs(
-                    &gmm,
-                    &args.objective,
-                    &args.oracle_error,
-                    &args.nag_form,
-                    args.seed,
-                )?;
+                oracle = built;
                 let ddpm = matches!(oracle.schedule(), Schedule::Ddpm(_));
+                let o = &args.oracle;
                 let label = format!(
                     "oracle ({}, {}, error {}, NAG form {})",
-                    args.data, args.objective, args.oracle_error, args.nag_form
+                    o.data, o.objective, o.oracle_error, o.nag_form
                 );
                 let classes = oracle.num_classes();
                 let shape = gmm.shape();
@@ -219,11 +206,7 @@ impl BackendTask for Task<'_> {
                     label,
                     classes,
                     true,
-                    if ddpm {
-                        "linear"
-                    } else {
-                        args.objective.as_str()
-                    },
+                    if ddpm { "linear" } else { o.objective.as_str() },
                     ddpm,
                 )
             }
