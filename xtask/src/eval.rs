@@ -24,7 +24,7 @@ use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_core::guidance::Guidance;
 use nag_models::dit::TimeInput;
 use nag_train::data::{open_dataset, stream_rng, DataOptions, Dataset};
-use nag_train::generate::{generate, load_model, SampleConfig, SamplerKind};
+use nag_train::generate::{load_model, SampleConfig, Sampled, SamplerKind};
 use nag_train::metrics::fd::{frechet_distance, FeatureStats};
 use nag_train::metrics::features::{feature_model_exists, FeatureExtractor, FeatureTrainConfig};
 use nag_train::metrics::gmm_metrics::{gmm_dataset_for, gmm_metrics, GmmReport};
@@ -36,8 +36,12 @@ use serde_json::{json, Value};
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Run directory of `cargo xtask train` (reads config.json and ema.safetensors).
-    #[arg(long)]
-    pub run: PathBuf,
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    pub run: Option<PathBuf>,
+    /// The exact gmm model instead of a run (`--model oracle`; its feature classifier goes to
+    /// `runs/features-<data>` unless `--features` is given).
+    #[command(flatten)]
+    pub oracle: crate::oracle_args::OracleOpts,
     /// Number of generated samples, and of real images (500 keeps a CPU eval of the tiny model
     /// to a few minutes; FD is biased upwards at small n: compare runs at equal n, against the
     /// real-vs-real FD printed next to it).
@@ -148,7 +152,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let run = read_run(&args.run)?;
+    let run = match &args.run {
+        Some(dir) => read_run(dir)?,
+        None => RunData {
+            data: args.oracle.data.clone(),
+            image_size: None,
+            seed: 0,
+        },
+    };
     let spec = DeviceSpec::parse(&args.device)?;
     let report = dispatch(spec, Task { args, run: &run })??;
     if args.json {
@@ -230,10 +241,40 @@ impl BackendTask for Task<'_> {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
         let (args, run) = (self.args, self.run);
         let start = Instant::now();
-        let model_path = args.run.join("ema.safetensors");
-        let model = load_model::<B::InnerBackend>(&model_path, &device)
-            .with_context(|| format!("loading {}", model_path.display()))?;
-        let mc = model.config().clone();
+        let oracle = args.oracle.build(args.seed, "--run")?;
+        let net = match (&args.run, &oracle) {
+            (Some(dir), _) => {
+                let model_path = dir.join("ema.safetensors");
+                Some(
+                    load_model::<B::InnerBackend>(&model_path, &device)
+                        .with_context(|| format!("loading {}", model_path.display()))?,
+                )
+            }
+            (None, _) => None,
+        };
+        // What is sampled, its item shape, classes, and whether it is a DDPM model.
+        let (sampled, [mc_c, mc_h, mc_w], num_classes, ddpm) = match (&net, &oracle) {
+            (Some(m), _) => {
+                let mc = m.config();
+                (
+                    Sampled::Network(m),
+                    [mc.in_channels, mc.input_size, mc.input_size],
+                    mc.num_classes,
+                    mc.time_input == TimeInput::DdpmIndex,
+                )
+            }
+            (None, Some((o, gmm))) => (
+                Sampled::Oracle {
+                    oracle: o,
+                    shape: gmm.shape(),
+                    device: device.clone(),
+                },
+                gmm.shape(),
+                o.num_classes(),
+                matches!(o.schedule(), nag_core::schedule::Schedule::Ddpm(_)),
+            ),
+            (None, None) => bail!("give --run RUN_DIR or --model oracle"),
+        };
         let inception = match &args.inception {
             Some(path) => Some(
                 InceptionV3::<B::InnerBackend>::load(path, &device).with_context(|| {
@@ -251,13 +292,10 @@ impl BackendTask for Task<'_> {
         let dataset = open_dataset(&run.data, &options)
             .with_context(|| format!("opening the run's dataset '{}'", run.data))?;
         let [c, h, w] = dataset.shape();
-        if [c, h, w] != [mc.in_channels, mc.input_size, mc.input_size] {
+        if [c, h, w] != [mc_c, mc_h, mc_w] {
             bail!(
-                "the run's dataset '{}' has items [{c}, {h}, {w}] but the model makes [{}, {}, {}]",
-                run.data,
-                mc.in_channels,
-                mc.input_size,
-                mc.input_size
+                "the run's dataset '{}' has items [{c}, {h}, {w}] but the model makes [{mc_c}, {mc_h}, {mc_w}]",
+                run.data
             );
         }
         if inception.is_some() {
@@ -270,10 +308,10 @@ impl BackendTask for Task<'_> {
         }
 
         // The feature classifier: given, found in the run, or trained there now.
-        let features_dir = args
-            .features
-            .clone()
-            .unwrap_or_else(|| args.run.join("features"));
+        let features_dir = args.features.clone().unwrap_or_else(|| match &args.run {
+            Some(dir) => dir.join("features"),
+            None => PathBuf::from(format!("runs/features-{}", run.data)),
+        });
         if !feature_model_exists(&features_dir) {
             if args.features.is_some() {
                 bail!(
@@ -310,10 +348,10 @@ impl BackendTask for Task<'_> {
         // Generated samples, labels cycling through the classes.
         let sampler = match &args.sampler {
             Some(s) => SamplerKind::parse(s)?,
-            None if mc.time_input == TimeInput::DdpmIndex => SamplerKind::Ddpm,
+            None if ddpm => SamplerKind::Ddpm,
             None => SamplerKind::Sde,
         };
-        let classes = mc.num_classes as i64;
+        let classes = num_classes as i64;
         let labels: Vec<i64> = (0..args.n as i64)
             .map(|i| if classes > 0 { i % classes } else { 0 })
             .collect();
@@ -332,12 +370,15 @@ impl BackendTask for Task<'_> {
                     .seed
                     .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     .wrapping_add(b as u64),
-                path: args.path.clone(),
-                clip_x0: !args.no_clip && SampleConfig::clip_for_channels(mc.in_channels),
+                path: match &oracle {
+                    Some(_) if !ddpm => args.oracle.objective.clone(),
+                    _ => args.path.clone(),
+                },
+                clip_x0: !args.no_clip && SampleConfig::clip_for_channels(mc_c),
                 threads: DeviceSpec::parse(&args.device)?.concurrent_batches(),
                 variance: nag_train::sampling::FixedVariance::default(),
             };
-            let x: Tensor<B::InnerBackend, 4> = generate(&model, chunk, guidance, &cfg, None)?;
+            let x: Tensor<B::InnerBackend, 4> = sampled.generate(chunk, guidance, &cfg, None)?;
             let values: Vec<f32> = x.to_data().iter::<f32>().collect();
             if values.iter().any(|v| !v.is_finite()) {
                 bail!("the samples contain NaN/inf (batch {b}); no metrics computed");
@@ -429,7 +470,10 @@ impl BackendTask for Task<'_> {
         };
 
         let mut report = json!({
-            "run": args.run.display().to_string(),
+            "run": args.run.as_ref().map_or_else(
+                || format!("oracle ({}, error {}, NAG form {})", args.oracle.data, args.oracle.oracle_error, args.oracle.nag_form),
+                |r| r.display().to_string()
+            ),
             "data": run.data,
             "n": n,
             "sampler": format!("{sampler:?}").to_lowercase(),
