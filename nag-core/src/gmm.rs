@@ -34,10 +34,9 @@ impl Component {
         self.ut.chunks_exact(v.len()).map(|u| dot(u, v)).collect()
     }
 
-    /// `log π_k + log N(y; 0, cI + α² U Uᵀ)` from `|y|²` and `b = α Uᵀ y` (overwritten by
-    /// `L⁻¹ b`), with `M = cI_r + α² UᵀU = L Lᵀ` (Cholesky in `m`, `r × r` scratch):
-    /// `log det = (d − r) log c + log det M`, `quad = (|y|² − |L⁻¹ b|²) / c`.
-    fn log_n(&self, d: usize, y_sq: f64, alpha: f64, c: f64, b: &mut [f64], m: &mut [f64]) -> f64 {
+    /// The lower Cholesky factor `L` of `M = cI_r + α² UᵀU` into `m` (`r × r`, row-major; the
+    /// strict upper part keeps scratch values) and `log det M`.
+    pub(crate) fn factor(&self, alpha: f64, c: f64, m: &mut [f64]) -> f64 {
         let r = self.rank;
         let m = &mut m[..r * r];
         for (mij, gij) in m.iter_mut().zip(&self.gram) {
@@ -56,6 +55,17 @@ impl Component {
                 };
             }
             logdet_m += 2.0 * libm::log(m[j * r + j]);
+        }
+        logdet_m
+    }
+
+    /// `log π_k + log N(y; 0, cI + α² U Uᵀ)` from `|y|²` and `b = α Uᵀ y` (overwritten by
+    /// `L⁻¹ b`), with `M = cI_r + α² UᵀU = L Lᵀ` ([`Self::factor`], `m` is `r × r` scratch):
+    /// `log det = (d − r) log c + log det M`, `quad = (|y|² − |L⁻¹ b|²) / c`.
+    fn log_n(&self, d: usize, y_sq: f64, alpha: f64, c: f64, b: &mut [f64], m: &mut [f64]) -> f64 {
+        let r = self.rank;
+        let logdet_m = self.factor(alpha, c, m);
+        for j in 0..r {
             b[j] = (b[j] - (0..j).map(|p| m[j * r + p] * b[p]).sum::<f64>()) / m[j * r + j];
         }
         let quad = (y_sq - dot(&b[..r], &b[..r])).max(0.0) / c;

@@ -45,22 +45,9 @@ impl Level {
         let mut norm = Vec::with_capacity(mixture.comps.len());
         for comp in &mixture.comps {
             let r = comp.rank;
-            let mut l: Vec<f64> = comp.gram.iter().map(|g| alpha * alpha * g).collect();
-            let mut logdet = 0.0;
-            for j in 0..r {
-                l[j * r + j] += c;
-                for i in j..r {
-                    let v = l[i * r + j] - (0..j).map(|p| l[i * r + p] * l[j * r + p]).sum::<f64>();
-                    // Exact pivots of cI + PSD are ≥ c; the clamp only absorbs rounding.
-                    l[i * r + j] = if i == j {
-                        libm::sqrt(v.max(c))
-                    } else {
-                        v / l[j * r + j]
-                    };
-                }
-                logdet += 2.0 * libm::log(l[j * r + j]);
-            }
-            // Zero the strict upper part (it held Gram entries).
+            let mut l = vec![0.0; r * r];
+            let logdet = comp.factor(alpha, c, &mut l);
+            // Zero the strict upper part (scratch values).
             for i in 0..r {
                 for j in i + 1..r {
                     l[i * r + j] = 0.0;

@@ -244,36 +244,32 @@ impl BackendTask for Task<'_> {
             schedule.clone(),
             &device,
         )?;
-        let (measure_name, results) = if let Some(est) = &args.estimator {
-            let mut meter = nag_train::shift::EstimatorMeter::<B::InnerBackend>::load(est, &device)
+        let mut est_meter;
+        let mut exact_meter;
+        let (measure_name, meter): (&str, &mut dyn NoiseMeter<B::InnerBackend>) = if let Some(est) =
+            &args.estimator
+        {
+            est_meter = nag_train::shift::EstimatorMeter::<B::InnerBackend>::load(est, &device)
                 .with_context(|| format!("loading the estimator {}", est.display()))?;
-            let r = measure(
-                &sampled,
-                &mut meter,
-                &mut calibration,
-                &labels,
-                &sample,
-                &settings,
-            )?;
-            ("estimator", r)
+            ("estimator", &mut est_meter)
         } else {
-            let Some(mixture) = exact else {
+            let Some(mixture) = &exact else {
                 bail!(
-                    "the exact measurement needs built-in 'gmm' data (this run used '{}'); pass --estimator DIR (train one with `cargo xtask estimator train`)",
-                    dataset.name()
-                );
+                        "the exact measurement needs built-in 'gmm' data (this run used '{}'); pass --estimator DIR (train one with `cargo xtask estimator train`)",
+                        dataset.name()
+                    );
             };
-            let mut meter = ExactMeter::new(&mixture, &schedule, 400);
-            let r = measure(
-                &sampled,
-                &mut meter,
-                &mut calibration,
-                &labels,
-                &sample,
-                &settings,
-            )?;
-            ("exact", r)
+            exact_meter = ExactMeter::new(mixture, &schedule, 400);
+            ("exact", &mut exact_meter)
         };
+        let results = measure(
+            &sampled,
+            meter,
+            &mut calibration,
+            &labels,
+            &sample,
+            &settings,
+        )?;
         let run = label;
         let report = Report {
             run,
