@@ -159,6 +159,18 @@ impl ScoreOracle {
         }
     }
 
+    /// Checks the class and the state, and returns the state in `f64` with its statistics.
+    fn prepare<T: Copy + Into<f64>>(
+        &self,
+        x: &[T],
+        class: Option<usize>,
+    ) -> Result<(Vec<f64>, Stats)> {
+        self.check_class(class)?;
+        let x = to_state(x, self.mixture.dim())?;
+        let st = self.stats(&x);
+        Ok((x, st))
+    }
+
     fn stats(&self, x: &[f64]) -> Stats {
         Stats {
             x_sq: dot(x, x),
@@ -258,10 +270,8 @@ impl ScoreOracle {
         sigma: f64,
         class: Option<usize>,
     ) -> Result<Vec<f64>> {
-        self.check_class(class)?;
-        let x = to_state(x, self.mixture.dim())?;
+        let (x, st) = self.prepare(x, class)?;
         let level = Level::new(&self.mixture, alpha, sigma, 0.0)?;
-        let st = self.stats(&x);
         let mut scratch = Vec::new();
         let lse = self.level_score(&st, &level, class, &mut scratch);
         let mut acc = Combo::zero(&self.mixture);
@@ -298,9 +308,7 @@ impl ScoreOracle {
         x: &[T],
         class: Option<usize>,
     ) -> Result<Vec<f64>> {
-        self.check_class(class)?;
-        let x = to_state(x, self.mixture.dim())?;
-        let st = self.stats(&x);
+        let (_, st) = self.prepare(x, class)?;
         let mut scratch = Vec::new();
         let logs: Vec<f64> = self
             .levels
@@ -325,9 +333,7 @@ impl ScoreOracle {
         class: Option<usize>,
         affine: impl Fn(usize) -> (f64, f64),
     ) -> Result<Vec<f64>> {
-        self.check_class(class)?;
-        let x = to_state(x, self.mixture.dim())?;
-        let st = self.stats(&x);
+        let (x, st) = self.prepare(x, class)?;
         let mut scratch = Vec::new();
         let mut acc = Combo::zero(&self.mixture);
         let mut ax = 0.0;

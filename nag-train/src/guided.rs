@@ -9,6 +9,18 @@ use nag_models::dit::{Dit, ModelError, TimeInput};
 
 use crate::sampling::{DiffusionModel, ModelOutput, TimePoint};
 
+/// The value a network with time input `input` is fed for time point `at`: the original DDPM
+/// index (continuous samplers on a DDPM model use the continuous index τ·T − 1, T = 1000), or
+/// SiT's clock `1 − τ`.
+pub fn network_time(input: TimeInput, at: TimePoint) -> f64 {
+    match input {
+        TimeInput::DdpmIndex => at
+            .ddpm_index
+            .map_or((at.tau * 1000.0 - 1.0).max(0.0), |i| i as f64),
+        TimeInput::SitClock => nag_core::clock::sit_from_tau(at.tau),
+    }
+}
+
 /// A DiT/SiT with fixed class labels and a guidance setting.
 pub struct GuidedDit<'a, B: Backend> {
     model: &'a Dit<B>,
@@ -76,14 +88,7 @@ impl<'a, B: Backend> GuidedDit<'a, B> {
 
     /// The value the network is fed for time point `at`.
     fn network_time(&self, at: TimePoint) -> f64 {
-        match self.model.config().time_input {
-            // The original DDPM index; continuous samplers on a DDPM model use the continuous
-            // index τ·T − 1 (T = 1000).
-            TimeInput::DdpmIndex => at
-                .ddpm_index
-                .map_or((at.tau * 1000.0 - 1.0).max(0.0), |i| i as f64),
-            TimeInput::SitClock => nag_core::clock::sit_from_tau(at.tau),
-        }
+        network_time(self.model.config().time_input, at)
     }
 }
 

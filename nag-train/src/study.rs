@@ -16,7 +16,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use nag_core::guidance::{Branch, Guidance, Interval};
 use nag_core::schedule::Schedule;
-use nag_models::dit::{Dit, TimeInput};
+use nag_models::dit::Dit;
 use serde::{Deserialize, Serialize};
 
 use crate::classifier_nag::ClassifierNag;
@@ -284,13 +284,7 @@ fn branch_errors<B: Backend>(
             let x = info.x;
             let [n, _, _, _] = x.dims();
             let device = x.device();
-            let t = match net.config().time_input {
-                TimeInput::DdpmIndex => info
-                    .at
-                    .ddpm_index
-                    .map_or((info.at.tau * 1000.0 - 1.0).max(0.0), |i| i as f64),
-                TimeInput::SitClock => nag_core::clock::sit_from_tau(info.at.tau),
-            };
+            let t = crate::guided::network_time(net.config().time_input, info.at);
             let t = Tensor::<B, 1>::full([n], t, &device);
             let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels.to_vec(), [n]), &device);
             let all = Tensor::<B, 1, Bool>::from_data(TensorData::new(vec![true; n], [n]), &device);
