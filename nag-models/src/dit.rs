@@ -332,6 +332,25 @@ impl DitConfig {
         self.num_classes > 0 && self.class_dropout_prob > 0.0
     }
 
+    /// Checks a label: `0..num_classes`, or `num_classes` itself (the null class, which DiT
+    /// feeds to the unconditional half of CFG) when the table has the null row. Labels of
+    /// unconditional models are ignored.
+    pub fn check_label(&self, y: i64) -> Result<(), ModelError> {
+        let classes = self.num_classes as i64;
+        let top = classes + i64::from(self.has_null_class());
+        if classes == 0 || (0..top).contains(&y) {
+            return Ok(());
+        }
+        let null = if self.has_null_class() {
+            format!(", or {classes} for the null class")
+        } else {
+            " (this model has no null class: it was trained without label dropout)".into()
+        };
+        Err(ModelError::InvalidInput(format!(
+            "label {y} is outside 0..{classes}{null}"
+        )))
+    }
+
     /// Every state-dict entry of the network with its PyTorch shape, in module order
     /// (`t_embedder.null` only when `null_timestep`).
     pub fn state_dict_shapes(&self) -> Vec<(String, Vec<usize>)> {
@@ -663,10 +682,16 @@ pub fn sincos_pos_embed_2d(embed_dim: usize, grid_size: usize) -> Vec<f32> {
 /// Sinusoidal timestep features `[cos(t·f_i) | sin(t·f_i)]`, `f_i = exp(−ln(10000)·i/half)`,
 /// `i < half = dim/2` (cos first, REFERENCE §2); `t` is used as a float as given. Shape
 /// `[N] → [N, dim]` (`dim` even).
+///
+/// Every step is f32, in the reference's order (`torch.exp(-math.log(10000) *
+/// torch.arange(half, dtype=float32) / half)`, then `t.float() * freqs`): at t = 999 the
+/// argument reaches ~10³ rad, where one f32 ulp of a frequency moves the feature by ~1e-4, so
+/// frequencies computed in f64 and rounded differ visibly from the official model's.
 pub fn timestep_embedding<B: Backend>(t: Tensor<B, 1>, dim: usize) -> Tensor<B, 2> {
     let half = dim / 2;
+    let minus_log_period = -(10000f64.ln()) as f32;
     let freqs: Vec<f32> = (0..half)
-        .map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp() as f32)
+        .map(|i| (minus_log_period * i as f32 / half as f32).exp())
         .collect();
     let [n] = t.dims();
     let freqs = Tensor::<B, 1>::from_floats(freqs.as_slice(), &t.device()).reshape([1, half]);
@@ -1565,19 +1590,11 @@ impl<B: Backend> Dit<B> {
     }
 
     fn check_labels(&self, y: &Tensor<B, 1, Int>) -> Result<(), ModelError> {
-        let classes = self.config.num_classes;
-        if classes == 0 {
+        if self.config.num_classes == 0 {
             return Ok(());
         }
-        let data = y.to_data();
-        if let Some(bad) = data
+        y.to_data()
             .iter::<i64>()
-            .find(|&v| v < 0 || v as u64 >= classes as u64)
-        {
-            return Err(ModelError::InvalidInput(format!(
-                "label {bad} outside 0..{classes} (use the null_class mask for the null class)"
-            )));
-        }
-        Ok(())
+            .try_for_each(|v| self.config.check_label(v))
     }
 }

@@ -9,6 +9,7 @@
 //! - [`state_dict`]: the framework-neutral state dict models convert to and from.
 //! - [`checkpoint`]: checkpoint files (`.pt`, `.safetensors`) ↔ state dicts.
 //! - [`npy`]: `.npy` arrays.
+//! - [`vae`]: the Stable Diffusion VAE (diffusers `AutoencoderKL`) between images and latents.
 #![warn(missing_docs)]
 
 pub mod checkpoint;
@@ -16,7 +17,9 @@ pub mod dit;
 pub mod estimator;
 pub mod npy;
 pub mod state_dict;
+pub mod vae;
 
 pub use dit::{Dit, DitConfig, DitHints, LoadReport, ModelError, TimeInput};
 pub use estimator::{EstimatorConfig, NoiseEstimator};
 pub use state_dict::{CheckpointError, StateDict};
+pub use vae::{Vae, VaeConfig, VaeError};

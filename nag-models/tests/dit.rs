@@ -426,11 +426,42 @@ fn try_forward_rejects_bad_inputs() {
         model.try_forward(x.clone(), short_t, y.clone(), None, None),
         Err(ModelError::Shape(_))
     ));
-    let bad_labels = Tensor::<B, 1, Int>::from_ints([3, CLASSES as i32], &device);
+    let bad_labels = Tensor::<B, 1, Int>::from_ints([3, CLASSES as i32 + 1], &device);
     let err = model
         .try_forward(x.clone(), t.clone(), bad_labels, None, None)
         .unwrap_err();
     assert!(matches!(err, ModelError::InvalidInput(_)), "{err}");
+    // y = num_classes is the null class (DiT feeds it to CFG's unconditional half): the same
+    // output as the null-class mask.
+    let null_label = Tensor::<B, 1, Int>::from_ints([3, CLASSES as i32], &device);
+    let by_label = model
+        .try_forward(x.clone(), t.clone(), null_label, None, None)
+        .unwrap();
+    let by_mask = model
+        .try_forward(
+            x.clone(),
+            t.clone(),
+            Tensor::<B, 1, Int>::from_ints([3, 0], &device),
+            None,
+            Some(mask(&[false, true])),
+        )
+        .unwrap();
+    assert_eq!(values(by_label), values(by_mask));
+    let no_null_class = tiny(CLASSES)
+        .with_class_dropout_prob(0.0)
+        .init::<B>(&device)
+        .unwrap();
+    let msg = no_null_class
+        .try_forward(
+            x.clone(),
+            t.clone(),
+            Tensor::<B, 1, Int>::from_ints([0, CLASSES as i32], &device),
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("no null class"), "{msg}");
     let negative = Tensor::<B, 1, Int>::from_ints([-1, 0], &device);
     assert!(model
         .try_forward(x.clone(), t.clone(), negative, None, None)
