@@ -55,15 +55,7 @@ impl<'a, B: Backend> GuidedDit<'a, B> {
                     .into(),
             ));
         }
-        let n_classes = cfg.num_classes as i64;
-        if let Some(bad) = labels
-            .iter()
-            .find(|&&y| n_classes > 0 && !(0..n_classes).contains(&y))
-        {
-            return Err(ModelError::InvalidInput(format!(
-                "label {bad} is outside 0..{n_classes}"
-            )));
-        }
+        labels.iter().try_for_each(|&y| cfg.check_label(y))?;
         let device = model.device();
         let labels = Tensor::from_data(TensorData::new(labels.to_vec(), [labels.len()]), &device);
         Ok(Self {

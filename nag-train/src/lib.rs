@@ -20,6 +20,7 @@
 //! - [`study`]: the oracle study (`experiment oracle`): NAG's effect on the shift and the
 //!   samples, measured exactly.
 //! - [`oracle`]: the exact model of `gmm` data (`--model oracle`) with controlled errors.
+//! - [`vae_codec`]: images ↔ latents through the SD VAE in batches; DiT's bytes conversion.
 #![warn(missing_docs)]
 
 pub mod classifier_nag;
@@ -36,6 +37,7 @@ pub mod sampling;
 pub mod shift;
 pub mod study;
 pub mod train;
+pub mod vae_codec;
 
 /// An error and its chain of causes in one line, `outer: cause: root` (as `anyhow`'s `{:#}`
 /// prints them), for errors that must travel as text.

@@ -127,25 +127,32 @@ fn fill(rng: &mut ChaCha8Rng, n: usize, out: &mut Vec<f32>) {
     }
 }
 
-impl<B: Backend> NoiseSource<B> for SeededNormal {
-    fn normal(&mut self, shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
-        let total: usize = shape.iter().product();
-        let values = match &mut self.layout {
+impl SeededNormal {
+    /// `rows × per_row` standard normal values, row-major: what [`NoiseSource::normal`] fills
+    /// a `[rows, …]` tensor with (per-sample layout: row `i` continues stream `first + i`).
+    pub fn normal_rows(&mut self, rows: usize, per_row: usize) -> Vec<f32> {
+        let total = rows * per_row;
+        match &mut self.layout {
             Layout::Single(rng) => {
                 let mut out = Vec::with_capacity(total);
                 fill(rng, total, &mut out);
                 out
             }
-            Layout::PerSample { first, rows } => {
-                let per_row = shape[1] * shape[2] * shape[3];
-                ensure_rows(self.seed, *first, rows, shape[0]);
+            Layout::PerSample { first, rows: rngs } => {
+                ensure_rows(self.seed, *first, rngs, rows);
                 let mut out = Vec::with_capacity(total);
-                for rng in rows.iter_mut().take(shape[0]) {
+                for rng in rngs.iter_mut().take(rows) {
                     fill(rng, per_row, &mut out);
                 }
                 out
             }
-        };
+        }
+    }
+}
+
+impl<B: Backend> NoiseSource<B> for SeededNormal {
+    fn normal(&mut self, shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
+        let values = self.normal_rows(shape[0], shape[1] * shape[2] * shape[3]);
         Tensor::from_data(TensorData::new(values, shape), device)
     }
 }
