@@ -14,10 +14,12 @@ mod experiment_oracle;
 mod features;
 mod forward;
 mod oracle_args;
+mod progress;
 mod sample;
 mod shift;
 mod shift_run;
 mod train;
+mod vae;
 
 /// Noise Awareness Guidance for DiT/SiT diffusion models.
 #[derive(Debug, Parser)]
@@ -100,6 +102,23 @@ enum Command {
     /// Time a DiT training step and forward here and, with --torch PYTHON, in the PyTorch
     /// reference on the same machine; prints the ratios.
     Bench(bench::BenchArgs),
+    /// Images ↔ SD-VAE latents through a diffusers VAE folder (encode / decode).
+    #[command(subcommand)]
+    Vae(vae::VaeCmd),
+}
+
+/// Fails early (before any work) when `path`'s folder does not exist.
+pub(crate) fn check_output_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "cannot write {}: the folder {} does not exist (create it, or pick another path)",
+                path.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -123,6 +142,7 @@ fn main() -> ExitCode {
         Command::Features(cmd) => features::run(cmd),
         Command::Experiment(cmd) => experiment::run_cmd(cmd),
         Command::Bench(args) => bench::run(args),
+        Command::Vae(cmd) => vae::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -301,15 +301,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     let spec = DeviceSpec::parse(&args.device)?;
     // Before any sampling: an output that cannot be written is known now.
     for path in args.out.iter().chain(&args.npz) {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.is_dir() {
-                bail!(
-                    "cannot write {}: the folder {} does not exist (create it, or pick another path)",
-                    path.display(),
-                    dir.display()
-                );
-            }
-        }
+        crate::check_output_dir(path)?;
     }
     dispatch(spec, Task { args })?
 }
