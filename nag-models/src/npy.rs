@@ -652,6 +652,37 @@ fn shape_literal(shape: &[usize]) -> String {
     }
 }
 
+/// The `.npy` header (version 1.0, or 2.0 if it needs it) of a C-order array of numpy dtype
+/// `descr` (e.g. `"|u1"`, `"<f4"`) and `shape`, padded so the data starts at a multiple of 64:
+/// the raw little-endian values follow it. For writers that stream the values.
+pub fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
+    let dict = format!(
+        "{{'descr': '{descr}', 'fortran_order': False, 'shape': {}, }}",
+        shape_literal(shape)
+    );
+    // Pad with spaces so the data starts at a multiple of 64, ending the header with '\n'.
+    let (version, prefix) = if dict.len() + 11 <= 65535 {
+        (1u8, 10usize)
+    } else {
+        (2u8, 12usize)
+    };
+    let total = (prefix + dict.len() + 1).div_ceil(64) * 64;
+    let header_len = total - prefix;
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(b"\x93NUMPY");
+    out.push(version);
+    out.push(0);
+    if version == 1 {
+        out.extend_from_slice(&(header_len as u16).to_le_bytes());
+    } else {
+        out.extend_from_slice(&(header_len as u32).to_le_bytes());
+    }
+    out.extend_from_slice(dict.as_bytes());
+    out.resize(total - 1, b' ');
+    out.push(b'\n');
+    out
+}
+
 /// Encodes an array as `.npy` bytes (version 1.0, or 2.0 if the header needs it):
 /// `<f4`, `<i8` or `|b1`.
 pub fn encode_npy(array: &NpyArray) -> Result<Vec<u8>, NpyError> {
@@ -668,30 +699,8 @@ pub fn encode_npy(array: &NpyArray) -> Result<Vec<u8>, NpyError> {
         NpyData::I64(_) => "<i8",
         NpyData::Bool(_) => "|b1",
     };
-    let dict = format!(
-        "{{'descr': '{descr}', 'fortran_order': False, 'shape': {}, }}",
-        shape_literal(&array.shape)
-    );
-    // Pad with spaces so the data starts at a multiple of 64, ending the header with '\n'.
-    let (version, prefix) = if dict.len() + 11 <= 65535 {
-        (1u8, 10usize)
-    } else {
-        (2u8, 12usize)
-    };
-    let total = (prefix + dict.len() + 1).div_ceil(64) * 64;
-    let header_len = total - prefix;
-    let mut out = Vec::with_capacity(total + array.data.len() * 8);
-    out.extend_from_slice(b"\x93NUMPY");
-    out.push(version);
-    out.push(0);
-    if version == 1 {
-        out.extend_from_slice(&(header_len as u16).to_le_bytes());
-    } else {
-        out.extend_from_slice(&(header_len as u32).to_le_bytes());
-    }
-    out.extend_from_slice(dict.as_bytes());
-    out.resize(total - 1, b' ');
-    out.push(b'\n');
+    let mut out = npy_header(descr, &array.shape);
+    out.reserve(array.data.len() * 8);
     match &array.data {
         NpyData::F32(v) => v
             .iter()

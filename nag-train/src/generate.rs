@@ -140,7 +140,8 @@ pub enum Sampled<'a, B: Backend> {
 }
 
 impl<B: Backend> Sampled<'_, B> {
-    /// Samples `labels.len()` images with `guidance` (the one entry point of the analyses).
+    /// Samples `labels.len()` images with `guidance` (the one entry point of the analyses),
+    /// all noise from one stream seeded with `cfg.seed`.
     pub fn generate(
         &self,
         labels: &[i64],
@@ -148,8 +149,23 @@ impl<B: Backend> Sampled<'_, B> {
         cfg: &SampleConfig,
         callback: StepCallback<'_, B>,
     ) -> Result<Tensor<B, 4>, GenerateError> {
+        self.generate_with_noise(labels, guidance, cfg, SeededNormal::new(cfg.seed), callback)
+    }
+
+    /// [`Self::generate`] with the given noise source, e.g. [`SeededNormal::per_sample`] so
+    /// that a sample's noise depends on its global index only, not on the batch it is in.
+    pub fn generate_with_noise(
+        &self,
+        labels: &[i64],
+        guidance: Guidance,
+        cfg: &SampleConfig,
+        noise: SeededNormal,
+        callback: StepCallback<'_, B>,
+    ) -> Result<Tensor<B, 4>, GenerateError> {
         match self {
-            Self::Network(model) => generate(model, labels, guidance, cfg, callback),
+            Self::Network(model) => {
+                generate_with_noise(model, labels, guidance, cfg, noise, callback)
+            }
             Self::Oracle {
                 oracle,
                 shape,
@@ -163,7 +179,7 @@ impl<B: Backend> Sampled<'_, B> {
                 let [c, h, w] = *shape;
                 let ddpm = matches!(oracle.schedule(), Schedule::Ddpm(_));
                 let full = [labels.len(), c, h, w];
-                sample_with(&mut model, full, device, ddpm, cfg, callback)
+                sample_with_noise(&mut model, full, device, ddpm, cfg, noise, callback)
             }
         }
     }
@@ -177,6 +193,25 @@ pub fn generate<B: Backend>(
     cfg: &SampleConfig,
     callback: StepCallback<'_, B>,
 ) -> Result<Tensor<B, 4>, GenerateError> {
+    generate_with_noise(
+        model,
+        labels,
+        guidance,
+        cfg,
+        SeededNormal::new(cfg.seed),
+        callback,
+    )
+}
+
+/// [`generate`] with the given noise source.
+pub fn generate_with_noise<B: Backend>(
+    model: &Dit<B>,
+    labels: &[i64],
+    guidance: Guidance,
+    cfg: &SampleConfig,
+    noise: SeededNormal,
+    callback: StepCallback<'_, B>,
+) -> Result<Tensor<B, 4>, GenerateError> {
     if labels.is_empty() {
         return Err(GenerateError::Config("--n must be at least 1".into()));
     }
@@ -184,12 +219,13 @@ pub fn generate<B: Backend>(
     let mut guided = GuidedDit::new(model, labels, guidance)?.with_threads(cfg.threads);
     let shape = [labels.len(), mc.in_channels, mc.input_size, mc.input_size];
     let ddpm_model = mc.time_input == TimeInput::DdpmIndex;
-    sample_with(
+    sample_with_noise(
         &mut guided,
         shape,
         &model.device(),
         ddpm_model,
         cfg,
+        noise,
         callback,
     )
 }
@@ -205,13 +241,26 @@ pub fn sample_with<B: Backend, M: DiffusionModel<B>>(
     cfg: &SampleConfig,
     callback: StepCallback<'_, B>,
 ) -> Result<Tensor<B, 4>, GenerateError> {
+    let noise = SeededNormal::new(cfg.seed);
+    sample_with_noise(model, shape, device, ddpm_model, cfg, noise, callback)
+}
+
+/// [`sample_with`] drawing the starting state and every step's noise from `noise`.
+pub fn sample_with_noise<B: Backend, M: DiffusionModel<B>>(
+    model: &mut M,
+    shape: [usize; 4],
+    device: &B::Device,
+    ddpm_model: bool,
+    cfg: &SampleConfig,
+    mut noise: SeededNormal,
+    callback: StepCallback<'_, B>,
+) -> Result<Tensor<B, 4>, GenerateError> {
     if cfg.steps == 0 && cfg.sampler != SamplerKind::Ode {
         return Err(GenerateError::Config(
             "--steps must be at least 1 (0 means adaptive, for --sampler ode only)".into(),
         ));
     }
     let guided = model;
-    let mut noise = SeededNormal::new(cfg.seed);
     let x_t: Tensor<B, 4> = noise.normal(shape, device);
     let path = if ddpm_model {
         Schedule::from_name("ddpm-linear")?

@@ -20,6 +20,7 @@
 //! - [`study`]: the oracle study (`experiment oracle`): NAG's effect on the shift and the
 //!   samples, measured exactly.
 //! - [`oracle`]: the exact model of `gmm` data (`--model oracle`) with controlled errors.
+//! - [`sample_set`]: FID-50K sample sets: batched, decoded, resumable, in the ADM `.npz` format.
 //! - [`vae_codec`]: images ↔ latents through the SD VAE in batches; DiT's bytes conversion.
 #![warn(missing_docs)]
 
@@ -33,6 +34,7 @@ pub mod image;
 pub mod metrics;
 pub mod objective;
 pub mod oracle;
+pub mod sample_set;
 pub mod sampling;
 pub mod shift;
 pub mod study;

@@ -1,6 +1,5 @@
 //! `cargo xtask sample`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -10,9 +9,14 @@ use clap::Args;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_core::guidance::Guidance;
 use nag_models::dit::{Dit, DitHints, TimeInput};
+use nag_models::vae::Vae;
 use nag_train::data::Dataset;
 use nag_train::generate::{load_model, parse_variance, SampleConfig, Sampled, SamplerKind};
 use nag_train::image::{save_png_grid_with, GridOptions};
+use nag_train::sample_set::{sample_set, LabelMode, SampleSetSpec};
+use nag_train::vae_codec::decode_latents;
+
+use crate::progress::Progress;
 
 /// Arguments of `cargo xtask sample`.
 #[derive(Debug, Args)]
@@ -32,6 +36,9 @@ pub struct SampleArgs {
     /// With --weights: dit (DDPM index clock) or sit (SiT clock).
     #[arg(long, default_value = "dit")]
     pub kind: String,
+    /// With --weights: attention heads (default: the standard count for the hidden size).
+    #[arg(long, value_name = "N")]
+    pub heads: Option<usize>,
     /// Sampler: ddpm, ddim, sde or ode (default: ddpm for DiT, sde for SiT).
     #[arg(long)]
     pub sampler: Option<String>,
@@ -59,9 +66,22 @@ pub struct SampleArgs {
     /// Output PNG grid (default: <run>/samples.png or <run>/compare.png).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Also write the raw samples as .npz (array `samples`, N×C×H×W, and `labels`).
-    #[arg(long)]
+    /// Write the samples for the ADM evaluator instead of a grid: an .npz with only `arr_0`,
+    /// uint8 [N, H, W, 3] (DiT's sample_ddp.py format), plus `<stem>_labels.npy`. Runs in
+    /// batches of --batch with a progress bar and resumes an interrupted run (same options).
+    #[arg(long, conflicts_with = "compare")]
     pub npz: Option<PathBuf>,
+    /// A diffusers VAE folder (e.g. sd-vae-ft-ema): decode latent samples to images,
+    /// `decode(latent / scaling_factor)`, for the grid and the .npz.
+    #[arg(long, value_name = "DIR")]
+    pub vae: Option<PathBuf>,
+    /// With --npz: samples per batch (does not change the images).
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// With --npz: the same number of samples per class (label i = i mod classes) instead of
+    /// i.i.d. uniform labels as DiT's sample_ddp.py draws them.
+    #[arg(long, conflicts_with = "class")]
+    pub balanced_labels: bool,
     /// One image with rows: no guidance, CFG, NAG, CFG+NAG (same seeds); uses --cfg (default
     /// 4 when left at 1) and --nag (default 3 when left at 0).
     #[arg(long)]
@@ -104,6 +124,10 @@ fn load<B: Backend>(args: &SampleArgs, device: &B::Device) -> Result<Dit<B>> {
         "sit" => DitHints::sit(),
         k => bail!("--kind must be dit or sit (got '{k}')"),
     };
+    let hints = DitHints {
+        num_heads: args.heads.or(hints.num_heads),
+        ..hints
+    };
     let cfg = nag_models::dit::DitConfig::infer_from_state_dict(&sd, &hints)?;
     let (model, report) = cfg.init::<B>(device)?.load_state_dict(&sd)?;
     eprintln!("loaded {} ({info:?})", weights.display());
@@ -111,53 +135,6 @@ fn load<B: Backend>(args: &SampleArgs, device: &B::Device) -> Result<Dit<B>> {
         eprintln!("note: no null-timestep vector in the file: NAG needs fine-tuning first");
     }
     Ok(model)
-}
-
-fn write_npz(path: &Path, samples: &[f32], shape: [usize; 4], labels: &[i64]) -> Result<()> {
-    use nag_models::npy::{write_npy, NpyArray, NpyData};
-    let dir = tempdir_near(path)?;
-    let s = dir.join("samples.npy");
-    write_npy(
-        &s,
-        &NpyArray {
-            shape: shape.to_vec(),
-            data: NpyData::F32(samples.to_vec()),
-        },
-    )?;
-    let l = dir.join("labels.npy");
-    write_npy(
-        &l,
-        &NpyArray {
-            shape: vec![labels.len()],
-            data: NpyData::I64(labels.to_vec()),
-        },
-    )?;
-    let tmp = path.with_extension("npz.tmp");
-    {
-        let file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let mut zip = zip::ZipWriter::new(file);
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        for (name, p) in [("samples.npy", &s), ("labels.npy", &l)] {
-            zip.start_file(name, opts)?;
-            zip.write_all(&std::fs::read(p)?)?;
-        }
-        zip.finish()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
-}
-
-fn tempdir_near(path: &Path) -> Result<PathBuf> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let dir = parent.join(format!(".nag-tmp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }
 
 impl BackendTask for Task<'_> {
@@ -244,6 +221,79 @@ impl BackendTask for Task<'_> {
         } else {
             vec![("", Guidance::cfg_nag(args.cfg, args.nag))]
         };
+        let vae = match &args.vae {
+            Some(dir) => {
+                let (vae, source) = Vae::<B::InnerBackend>::load(dir, &device)?;
+                if vae.latent_channels() != shape[0] {
+                    bail!(
+                        "the VAE in {} has {} latent channels but the model makes {}-channel \
+                         samples: a latent model needs the VAE it was trained with (DiT/SiT: \
+                         sd-vae-ft-ema or -mse, 4 channels)",
+                        dir.display(),
+                        vae.latent_channels(),
+                        shape[0]
+                    );
+                }
+                eprintln!(
+                    "VAE: {} (scaling_factor {})",
+                    source.weights.display(),
+                    source.config.scaling_factor
+                );
+                Some((vae, source.config.scaling_factor))
+            }
+            None => None,
+        };
+        if let Some(npz) = &args.npz {
+            let labels = if args.balanced_labels {
+                LabelMode::Balanced
+            } else if let Some(y) = args.class {
+                LabelMode::Fixed(y)
+            } else {
+                LabelMode::Uniform
+            };
+            let spec = SampleSetSpec {
+                n,
+                batch: args.batch,
+                labels,
+                guidance: rows[0].1,
+                identity: identity(args)?,
+            };
+            eprintln!(
+                "sampling {n} images in batches of {} ({} labels) into {}",
+                args.batch,
+                labels.name(),
+                npz.display()
+            );
+            let bar = Progress::new(n as u64, "images");
+            let summary = sample_set(
+                &sampled,
+                num_classes,
+                vae.as_ref().map(|(v, s)| (v, *s)),
+                &cfg,
+                &spec,
+                npz,
+                &device,
+                &mut |p| {
+                    if p.resumed > 0 {
+                        bar.message(format!("{} from an earlier run", p.resumed));
+                    }
+                    bar.set(p.done as u64)
+                },
+            )?;
+            bar.finish();
+            println!(
+                "wrote {} (arr_0 uint8 {:?}) and {}{}",
+                summary.npz.display(),
+                summary.shape,
+                summary.labels.display(),
+                if summary.resumed > 0 {
+                    format!(" ({} samples resumed)", summary.resumed)
+                } else {
+                    String::new()
+                }
+            );
+            return Ok(());
+        }
         let mut all: Vec<Tensor<B::InnerBackend, 4>> = Vec::new();
         for (name, g) in &rows {
             let t0 = std::time::Instant::now();
@@ -265,6 +315,13 @@ impl BackendTask for Task<'_> {
         if values.iter().any(|v| !v.is_finite()) {
             bail!("the samples contain NaN/inf; nothing was written");
         }
+        let (values, shape) = match &vae {
+            Some((vae, scale)) => {
+                let z: Vec<f32> = values.iter().map(|v| v / *scale as f32).collect();
+                decode_latents(vae, &z, shape, args.batch, &device, &mut |_| {})?
+            }
+            None => (values, shape),
+        };
         let default_dir = args.run.clone().unwrap_or_else(|| PathBuf::from("."));
         let out = args.out.clone().unwrap_or_else(|| {
             default_dir.join(if args.compare {
@@ -280,20 +337,36 @@ impl BackendTask for Task<'_> {
                 (n as f64).sqrt().ceil() as usize
             },
             padding: 2,
-            upscale: if shape[1] <= 32 { 4 } else { 1 },
+            upscale: if shape[2] <= 32 { 4 } else { 1 },
             first3: shape[1] > 3,
             ..GridOptions::default()
         };
         save_png_grid_with(&out, &values, shape, &opts)
             .with_context(|| format!("writing {}", out.display()))?;
         println!("wrote {}", out.display());
-        if let Some(npz) = &args.npz {
-            let all_labels: Vec<i64> = rows.iter().flat_map(|_| labels.iter().copied()).collect();
-            write_npz(npz, &values, shape, &all_labels)?;
-            println!("wrote {}", npz.display());
-        }
         Ok(())
     }
+}
+
+/// What decides the images besides the sampler settings: the weights (path and size) and the
+/// VAE, for the resume check of `--npz`.
+fn identity(args: &SampleArgs) -> Result<serde_json::Value> {
+    let file = |p: &Path| -> Result<serde_json::Value> {
+        let len = std::fs::metadata(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .len();
+        Ok(serde_json::json!({ "path": p.display().to_string(), "bytes": len }))
+    };
+    let weights = match (&args.run, &args.weights) {
+        (Some(run), _) => file(&run.join("ema.safetensors"))?,
+        (None, Some(w)) => file(w)?,
+        (None, None) => serde_json::json!(format!("{:?}", args.oracle)),
+    };
+    Ok(serde_json::json!({
+        "weights": weights,
+        "kind": args.kind,
+        "vae": args.vae.as_ref().map(|v| v.display().to_string()),
+    }))
 }
 
 /// Runs `cargo xtask sample`.
