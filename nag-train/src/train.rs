@@ -27,7 +27,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use nag_core::ddpm::DdpmSchedule;
 use nag_core::schedule::Schedule;
-use nag_models::dit::{Dit, DitConfig, TimeInput};
+use nag_models::dit::{Dit, DitConfig, DitHints, TimeInput};
+use nag_models::StateDict;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -281,15 +282,47 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The network config for this run and dataset.
-    pub fn model_config(&self, dataset: &dyn Dataset) -> Result<DitConfig, TrainError> {
+    /// The network config for this run and dataset. Fine-tuning (`init` = the state dict of
+    /// `--init`) takes the architecture from the file (hidden size, depth, classes: an
+    /// official DiT-XL/2 keeps its 1000 classes whatever labels the data uses) and checks the
+    /// data fits it; otherwise the `--model` preset is sized to the data.
+    pub fn model_config(
+        &self,
+        dataset: &dyn Dataset,
+        init: Option<&StateDict>,
+    ) -> Result<DitConfig, TrainError> {
         let [c, h, w] = dataset.shape();
         if h != w {
             return Err(TrainError::Config(format!(
                 "dataset images are {h}×{w}; the DiT needs square inputs"
             )));
         }
-        let mut cfg = DitConfig::preset(&self.model, h, c, dataset.num_classes())?;
+        let mut cfg = match init {
+            None => DitConfig::preset(&self.model, h, c, dataset.num_classes())?,
+            Some(sd) => {
+                let hints = DitHints {
+                    class_dropout_prob: Some(self.class_dropout.max(f64::MIN_POSITIVE)),
+                    ..DitHints::default()
+                };
+                let cfg = DitConfig::infer_from_state_dict(sd, &hints)?;
+                if (cfg.in_channels, cfg.input_size) != (c, h) {
+                    return Err(TrainError::Config(format!(
+                        "--init is a model of {}×{}×{} inputs but the data is {c}×{h}×{w} (a \
+                         256-px DiT takes 4×32×32 latents of 256-px images)",
+                        cfg.in_channels, cfg.input_size, cfg.input_size
+                    )));
+                }
+                if dataset.num_classes() > cfg.num_classes {
+                    return Err(TrainError::Config(format!(
+                        "the data has labels up to {} but --init has {} classes",
+                        dataset.num_classes() - 1,
+                        cfg.num_classes
+                    )));
+                }
+                cfg
+            }
+        };
+        let num_classes = cfg.num_classes;
         let ddpm = self.objective == ObjectiveKind::Ddpm;
         cfg.learn_sigma = ddpm && self.learn_sigma;
         cfg.time_input = if ddpm {
@@ -297,7 +330,7 @@ impl TrainConfig {
         } else {
             TimeInput::SitClock
         };
-        cfg.class_dropout_prob = if dataset.num_classes() > 0 {
+        cfg.class_dropout_prob = if num_classes > 0 {
             self.class_dropout.max(f64::MIN_POSITIVE)
         } else {
             0.0
@@ -507,7 +540,11 @@ pub fn train<B: AutodiffBackend>(
         ..DataOptions::default()
     };
     let dataset: Arc<dyn Dataset> = Arc::from(open_dataset(&cfg.data, &data_opts)?);
-    let model_cfg = cfg.model_config(dataset.as_ref())?;
+    let init = match &cfg.init {
+        Some(path) => Some(nag_models::checkpoint::load_state_dict(path, &Default::default())?.0),
+        None => None,
+    };
+    let model_cfg = cfg.model_config(dataset.as_ref(), init.as_ref())?;
     // Only once the data and the model are known to be usable: a bad option leaves no run.
     io(run_dir, fs::create_dir_all(run_dir.join("checkpoints")))?;
     // burn's initialisers draw from the backend's process-wide RNG: seed and initialise under
@@ -522,14 +559,14 @@ pub fn train<B: AutodiffBackend>(
         crate::ema::materialise(&model);
         model
     };
-    if let Some(init) = &cfg.init {
-        let (sd, _info) = nag_models::checkpoint::load_state_dict(init, &Default::default())?;
+    if let (Some(sd), Some(path)) = (init, &cfg.init) {
         let (loaded, report) = model.load_state_dict(&sd)?;
+        drop(sd);
         model = loaded;
         if report.null_timestep_initialised {
             eprintln!(
                 "note: {} has no null-timestep vector; it starts freshly initialised (fine-tune with --noise-dropout > 0 before using NAG)",
-                init.display()
+                path.display()
             );
         }
     }
