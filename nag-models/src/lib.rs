@@ -9,12 +9,14 @@
 //! - [`state_dict`]: the framework-neutral state dict models convert to and from.
 //! - [`checkpoint`]: checkpoint files (`.pt`, `.safetensors`) ↔ state dicts.
 //! - [`npy`]: `.npy` arrays.
+//! - [`npz`]: `.npz` archives (listing, small arrays whole, big image batches streamed).
 #![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod dit;
 pub mod estimator;
 pub mod npy;
+pub mod npz;
 pub mod state_dict;
 
 pub use dit::{Dit, DitConfig, DitHints, LoadReport, ModelError, TimeInput};
