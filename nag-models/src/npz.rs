@@ -101,6 +101,9 @@ pub enum NpzError {
     Npy(#[from] NpyError),
 }
 
+/// One entry of the archive, positioned after what was read of it.
+type Entry<'a> = zip::read::ZipFile<'a, BufReader<File>>;
+
 /// An open `.npz` archive.
 pub struct Npz {
     path: String,
@@ -205,10 +208,7 @@ impl Npz {
     }
 
     /// The entry of array `name`, with its header read.
-    fn open_entry(
-        &mut self,
-        name: &str,
-    ) -> Result<(zip::read::ZipFile<'_, BufReader<File>>, NpyHeader, Vec<u8>), NpzError> {
+    fn open_entry(&mut self, name: &str) -> Result<(Entry<'_>, NpyHeader, Vec<u8>), NpzError> {
         let available = self.names();
         let path = self.path.clone();
         let missing = || {
@@ -382,7 +382,7 @@ fn whole_len(header: &NpyHeader, path: &str, name: &str) -> Result<usize, NpzErr
 
 /// `arr_0` of an [`Npz`], read in batches of rows (images) from its entry stream.
 pub struct ImageRows<'a> {
-    entry: zip::read::ZipFile<'a, BufReader<File>>,
+    entry: Entry<'a>,
     path: String,
     shape: [usize; 4],
     next: usize,
