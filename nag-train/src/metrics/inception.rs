@@ -1170,7 +1170,11 @@ mod tests {
     /// `DIR/weights.safetensors` (a randomly initialised `fid_inception_v3()` state dict) and
     /// `DIR/io.safetensors` (inputs `x1, x2, x3` in [−1, 1] and pytorch-fid's
     /// `InceptionV3([3], normalize_input=False)` features `f1, f2, f3`; 1-channel inputs
-    /// repeated to 3 there). Prints the largest absolute difference.
+    /// repeated to 3 there). Prints the largest absolute difference. When the files also hold
+    /// `s1..s3` (`Mixed_6d.branch1x1[:, :7]` in NHWC order, `[N, 2023]`) and `l1..l3`
+    /// (`pool · fc.weightᵀ`, `[N, 1008]`), as `nag-train/tests/fixtures/make_inception_parity.py
+    /// DIR` writes them, the ADM outputs ([`InceptionV3::forward_adm`], [`InceptionV3::logits`])
+    /// are checked too.
     #[test]
     #[ignore = "needs NAG_INCEPTION_PARITY=DIR with files made by PyTorch"]
     fn parity_with_pytorch_fid() {
@@ -1196,6 +1200,27 @@ mod tests {
             let scale = f.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             eprintln!("x{i} {shape:?}: max |rust − pytorch| = {max_abs:e} (max |feature| {scale})");
             assert!(max_abs <= 1e-4 * scale.max(1.0), "x{i}: {max_abs}");
+            let (Some(sp), Some(lg)) = (io.get(&format!("s{i}")), io.get(&format!("l{i}"))) else {
+                continue;
+            };
+            let t = Tensor::<B, 4>::from_data(TensorData::new(x.data.clone(), shape), &device);
+            let (pool, spatial) = net.forward_adm(t);
+            let logits = net.logits(pool).unwrap();
+            for (name, ours, theirs) in [
+                ("mixed_6/conv[..., :7]", spatial, sp),
+                ("logits", logits, lg),
+            ] {
+                let ours: Vec<f32> = ours.into_data().iter::<f32>().collect();
+                assert_eq!(ours.len(), theirs.data.len(), "x{i} {name}");
+                let max_abs = ours
+                    .iter()
+                    .zip(&theirs.data)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                let scale = theirs.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                eprintln!("x{i} {name}: max |rust − pytorch| = {max_abs:e} (max |value| {scale})");
+                assert!(max_abs <= 1e-4 * scale.max(1.0), "x{i} {name}: {max_abs}");
+            }
         }
     }
 }
