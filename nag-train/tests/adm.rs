@@ -303,6 +303,10 @@ fn evaluate_end_to_end_with_random_weights() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("has no arr_0"), "{msg}");
+    // Found before any feature pass: no progress was reported.
+    let mut calls = 0;
+    let _ = evaluate(&net, &empty, &reference, &opts, &mut |_| calls += 1);
+    assert_eq!(calls, 0);
     let msg = read_precomputed_stats(&mut Npz::open(&empty).unwrap())
         .unwrap_err()
         .to_string();

@@ -35,6 +35,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             );
         }
     }
+    if args.inception.is_none() {
+        bail!(
+            "--samples needs --inception PATH: pytorch-fid's FID weights {} (.pth, or converted \
+             to .safetensors)",
+            nag_train::metrics::inception::PT_FID_WEIGHTS
+        );
+    }
     check_inception(args.inception.as_deref())?;
     let batch = args.batch.unwrap_or(DEFAULT_BATCH);
     if batch == 0 {

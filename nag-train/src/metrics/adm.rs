@@ -559,6 +559,12 @@ pub fn evaluate<B: Backend>(
         // Fail before the long feature pass.
         net.logits(Tensor::zeros([1, INCEPTION_DIM], net.device()))?;
     }
+    // Check both files (images' dtype and shape, statistics' shapes) before the long passes.
+    for path in [reference, samples] {
+        let mut npz = Npz::open(path)?;
+        npz.images()?;
+        read_precomputed_stats(&mut npz)?;
+    }
     let (ref_feats, ref_pool, ref_spatial, ref_pre) =
         read_batch(net, reference, "reference features", opts, progress)?;
     let (sam_feats, sam_pool, sam_spatial, sam_pre) =
