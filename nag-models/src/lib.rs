@@ -10,12 +10,14 @@
 //! - [`checkpoint`]: checkpoint files (`.pt`, `.safetensors`) ↔ state dicts.
 //! - [`npy`]: `.npy` arrays.
 //! - [`vae`]: the Stable Diffusion VAE (diffusers `AutoencoderKL`) between images and latents.
+//! - [`npz`]: `.npz` archives (listing, small arrays whole, big image batches streamed).
 #![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod dit;
 pub mod estimator;
 pub mod npy;
+pub mod npz;
 pub mod state_dict;
 pub mod vae;
 

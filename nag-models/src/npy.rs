@@ -396,6 +396,29 @@ enum Elem {
 }
 
 impl Elem {
+    /// The dtype code without byte order (`f4`, `u1`, …).
+    fn code(self) -> &'static str {
+        match self {
+            Elem::F2 => "f2",
+            Elem::F4 => "f4",
+            Elem::F8 => "f8",
+            Elem::I1 => "i1",
+            Elem::I2 => "i2",
+            Elem::I4 => "i4",
+            Elem::I8 => "i8",
+            Elem::U1 => "u1",
+            Elem::U2 => "u2",
+            Elem::U4 => "u4",
+            Elem::U8 => "u8",
+            Elem::B1 => "b1",
+        }
+    }
+
+    /// The inverse of [`Elem::code`].
+    fn from_code(code: &str) -> Option<Self> {
+        parse_descr(code).ok().map(|(e, _)| e)
+    }
+
     fn size(self) -> usize {
         match self {
             Elem::I1 | Elem::U1 | Elem::B1 => 1,
@@ -501,47 +524,87 @@ fn parse_header(text: &str) -> Result<Result<Header, String>, String> {
     }))
 }
 
-/// Parses `.npy` bytes; `path` is only used in error messages.
-pub fn parse_npy(bytes: &[u8], path: &str) -> Result<NpyArray, NpyError> {
+/// The header of a `.npy` file: what [`parse_npy_header`] reads before the data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpyHeader {
+    /// The dtype code without its byte-order mark, e.g. `u1`, `f4`, `f8`.
+    pub dtype: String,
+    /// Bytes per element.
+    pub elem_size: usize,
+    /// Whether multi-byte elements are big-endian.
+    pub big_endian: bool,
+    /// Shape; empty for a 0-d array.
+    pub shape: Vec<usize>,
+    /// Offset of the data from the start of the file (magic and header included).
+    pub data_start: usize,
+}
+
+impl NpyHeader {
+    /// Number of elements (`None` if the shape's product overflows).
+    pub fn numel(&self) -> Option<usize> {
+        self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+    }
+
+    /// Number of data bytes (`None` on overflow).
+    pub fn data_len(&self) -> Option<usize> {
+        self.numel()?.checked_mul(self.elem_size)
+    }
+}
+
+/// Bytes of a `.npy` file needed to know the header's length: the magic, the version and the
+/// length field (10 bytes for version 1.0, 12 for 2.0 / 3.0). [`parse_npy_header`] says how
+/// many bytes it needs in [`NpyError::Invalid`] when given fewer.
+pub const NPY_PREAMBLE_LEN: usize = 12;
+
+/// Length of the magic, version and header of a `.npy` file, i.e. where its data starts, from
+/// its first [`NPY_PREAMBLE_LEN`] bytes (or 10 for version 1.0). For streaming readers that
+/// must fetch exactly the header before parsing it with [`parse_npy_header`].
+pub fn npy_data_start(preamble: &[u8], path: &str) -> Result<usize, NpyError> {
     let invalid = |reason: String| NpyError::Invalid {
         path: path.to_string(),
         reason,
     };
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+    if preamble.len() < 10 || &preamble[..6] != b"\x93NUMPY" {
         return Err(invalid(
             "missing the \\x93NUMPY magic (is this a .npz archive or a text file?)".into(),
         ));
     }
-    let (major, minor) = (bytes[6], bytes[7]);
-    let (header_len, header_start) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
+    let (major, minor) = (preamble[6], preamble[7]);
+    match major {
+        1 => Ok(10 + u16::from_le_bytes([preamble[8], preamble[9]]) as usize),
         2 | 3 => {
-            if bytes.len() < 12 {
+            if preamble.len() < 12 {
                 return Err(invalid("file ends inside the header length".into()));
             }
-            (
-                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-                12,
-            )
+            let len = u32::from_le_bytes([preamble[8], preamble[9], preamble[10], preamble[11]]);
+            Ok(12 + len as usize)
         }
-        _ => {
-            return Err(NpyError::Unsupported {
-                path: path.to_string(),
-                reason: format!("format version {major}.{minor} (supported: 1.0, 2.0, 3.0)"),
-            })
-        }
+        _ => Err(NpyError::Unsupported {
+            path: path.to_string(),
+            reason: format!("format version {major}.{minor} (supported: 1.0, 2.0, 3.0)"),
+        }),
+    }
+}
+
+/// Parses the magic and header at the start of `bytes` (which must hold at least the whole
+/// header; the data may follow or not); `path` is only used in error messages. Supported
+/// dtypes and orders as [`parse_npy`].
+pub fn parse_npy_header(bytes: &[u8], path: &str) -> Result<NpyHeader, NpyError> {
+    let invalid = |reason: String| NpyError::Invalid {
+        path: path.to_string(),
+        reason,
     };
-    let data_start = header_start
-        .checked_add(header_len)
-        .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| {
-            invalid(format!(
-                "header claims {header_len} bytes but the file has only {}",
-                bytes.len() - header_start
-            ))
-        })?;
+    let data_start = npy_data_start(bytes, path)?;
+    let header_start = if bytes[6] == 1 { 10 } else { 12 };
+    if data_start > bytes.len() {
+        return Err(invalid(format!(
+            "header claims {} bytes but the file has only {}",
+            data_start - header_start,
+            bytes.len() - header_start
+        )));
+    }
     let header_bytes = &bytes[header_start..data_start];
-    let text = if major == 3 {
+    let text = if bytes[6] == 3 {
         std::str::from_utf8(header_bytes)
             .map_err(|e| invalid(format!("header is not UTF-8: {e}")))?
             .to_string()
@@ -555,6 +618,28 @@ pub fn parse_npy(bytes: &[u8], path: &str) -> Result<NpyArray, NpyError> {
             path: path.to_string(),
             reason,
         })?;
+    Ok(NpyHeader {
+        dtype: header.elem.code().to_string(),
+        elem_size: header.elem.size(),
+        big_endian: header.big_endian,
+        shape: header.shape,
+        data_start,
+    })
+}
+
+/// Parses `.npy` bytes; `path` is only used in error messages.
+pub fn parse_npy(bytes: &[u8], path: &str) -> Result<NpyArray, NpyError> {
+    let invalid = |reason: String| NpyError::Invalid {
+        path: path.to_string(),
+        reason,
+    };
+    let parsed = parse_npy_header(bytes, path)?;
+    let data_start = parsed.data_start;
+    let header = Header {
+        elem: Elem::from_code(&parsed.dtype).expect("parse_npy_header gives a known code"),
+        big_endian: parsed.big_endian,
+        shape: parsed.shape,
+    };
     let numel = header
         .shape
         .iter()

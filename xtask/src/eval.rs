@@ -11,6 +11,9 @@
 //! or a safetensors conversion) it also reports FID: the Fréchet distance between the 2048-d
 //! InceptionV3 pool features of the same real and generated images
 //! ([`nag_train::metrics::inception`]). Without it, `inception_fid` is null.
+//!
+//! With `--samples S.npz --ref REF.npz --inception W` instead of a run it is OpenAI's ADM
+//! evaluator, the numbers papers report ([`crate::eval_adm`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,12 +35,28 @@ use nag_train::metrics::inception::{InceptionV3, INCEPTION_DIM};
 use nag_train::metrics::prdc::{prdc, Prdc};
 use serde_json::{json, Value};
 
+/// Images sampled per batch without --batch.
+const DEFAULT_SAMPLE_BATCH: usize = 250;
+
 /// Arguments of `cargo xtask eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Run directory of `cargo xtask train` (reads config.json and ema.safetensors).
-    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    #[arg(long, required_unless_present_any = ["model", "samples"], conflicts_with = "model")]
     pub run: Option<PathBuf>,
+    /// ADM evaluator: the sample batch (`np.savez(path, arr_0=uint8 [N,H,W,3])`; with `mu`,
+    /// `sigma`, `mu_s`, `sigma_s` its FID statistics are read from it). Needs --ref and
+    /// --inception; prints Inception Score, FID, sFID, Precision, Recall.
+    #[arg(long, requires = "reference", conflicts_with_all = ["run", "model"])]
+    pub samples: Option<PathBuf>,
+    /// ADM evaluator: the reference batch (e.g. VIRTUAL_imagenet256_labeled.npz: arr_0 for
+    /// precision / recall, mu/sigma/mu_s/sigma_s for FID / sFID).
+    #[arg(long = "ref", id = "reference", requires = "samples")]
+    pub reference: Option<PathBuf>,
+    /// ADM evaluator: feed pixels as the TF graph does, (v − 128)/128, instead of pytorch-fid's
+    /// v/255·2 − 1.
+    #[arg(long, requires = "samples")]
+    pub tf_input_scale: bool,
     /// The exact gmm model instead of a run (`--model oracle`; its feature classifier goes to
     /// `runs/features-<data>` unless `--features` is given).
     #[command(flatten)]
@@ -82,9 +101,10 @@ pub struct EvalArgs {
     /// images; slow on the CPU, about 6 GFLOPs per image plus a 2048-d Fréchet distance).
     #[arg(long)]
     pub inception: Option<PathBuf>,
-    /// Images sampled per batch (the noise seed of batch b is derived from --seed and b).
-    #[arg(long, default_value_t = 250)]
-    pub batch: usize,
+    /// Images sampled per batch (the noise seed of batch b is derived from --seed and b;
+    /// default 250); with --samples, images per InceptionV3 forward (default 16).
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -140,6 +160,9 @@ fn read_run(run: &Path) -> Result<RunData> {
 
 /// Runs `cargo xtask eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
+    if args.samples.is_some() {
+        return crate::eval_adm::run(args);
+    }
     if args.k == 0 {
         bail!("--k must be at least 1");
     }
@@ -149,7 +172,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             args.k
         );
     }
-    if args.batch == 0 {
+    if args.batch == Some(0) {
         bail!("--batch must be at least 1");
     }
     let run = match &args.run {
@@ -361,7 +384,10 @@ impl BackendTask for Task<'_> {
         let mut fake_feats = Vec::with_capacity(args.n * extractor.dim());
         let mut predicted = Vec::with_capacity(args.n);
         let mut fake_inception = Vec::new();
-        for (b, chunk) in labels.chunks(args.batch).enumerate() {
+        for (b, chunk) in labels
+            .chunks(args.batch.unwrap_or(DEFAULT_SAMPLE_BATCH))
+            .enumerate()
+        {
             let cfg = SampleConfig {
                 sampler,
                 steps: args.steps,

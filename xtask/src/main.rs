@@ -9,6 +9,7 @@ mod bench;
 mod data;
 mod estimator;
 mod eval;
+mod eval_adm;
 mod experiment;
 mod experiment_oracle;
 mod features;

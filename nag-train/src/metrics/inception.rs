@@ -47,6 +47,31 @@
 //! burn's `max_pool2d` / `avg_pool2d`. Images are processed in batches of
 //! [`InceptionV3::batch`] (default [`DEFAULT_BATCH`]) to bound memory.
 //!
+//! ## The ADM evaluator's extra outputs ([`InceptionV3::forward_adm`], [`InceptionV3::logits`])
+//!
+//! OpenAI's evaluator (guided-diffusion `evaluations/evaluator.py`) reads three things from the
+//! TF graph `classify_image_graph_def.pb` (the same 2015-12-05 network):
+//! - `pool_3:0`, the 2048-d pool features ([`InceptionV3::forward`]);
+//! - `mixed_6/conv:0`, keeping channels `[..., :7]` of the 17×17 map and flattening each image
+//!   in (H, W, C) order (NHWC) → 17·17·7 = [`SPATIAL_DIM`] = 2023 values, the sFID features.
+//!   **Mapping to this port: `Mixed_6d.branch1x1` after its batch norm and ReLU.** Evidence:
+//!   the graph names its eleven Inception blocks `mixed, mixed_1, …, mixed_10` in order, so
+//!   `mixed_3` is the 35→17 reduction `Mixed_6a`, `mixed_4…mixed_7` are `Mixed_6b…Mixed_6e`
+//!   and `mixed_6` is `Mixed_6d` (`FIDInceptionC(768, channels_7x7=160)`); inside a block the
+//!   untowered `conv` is the 1×1 branch (768→192), the towers being `tower/conv…`,
+//!   `tower_1/conv…` and the pool branch `tower_2/…`. torch-fidelity's converter of the same
+//!   graph (`convert_inception_weights.py`, whose output `weights-inception-2015-12-05-
+//!   6726825d.pth` is this file's weights, hash included) maps `mixed_6/conv/conv2d_params` →
+//!   `Mixed_6d.branch1x1.conv` and `mixed_6/conv/batchnorm` → `Mixed_6d.branch1x1.bn`. Each
+//!   `X/conv` scope of the graph holds the ops `X/conv/Conv2D`, `X/conv/batchnorm` and ends in
+//!   an op named `X/conv` itself, the ReLU, so the tensor `mixed_6/conv:0` is the unit's
+//!   post-ReLU output, which is what `BasicConv2d` returns. (The post-ReLU reading rests on the
+//!   graph's naming pattern, not on a run of the TF graph here.) The first 7 channels of
+//!   `Mixed_6d`'s concatenated output are the same values, since `branch1x1` comes first.
+//! - `softmax/logits/MatMul`'s weight (2048×1008), applied **without the bias**:
+//!   logits = pool_3 · `fc.weight`ᵀ with pytorch-fid's `fc.weight [1008, 2048]` (the graph's
+//!   `softmax/weights` transposed), for the Inception Score.
+//!
 //! [`check_inception`] is the entry point for an `--inception PATH` option: without a file a
 //! [`MetricsError::Config`] naming the option, with one the identified [`InceptionWeights`]
 //! (only the FID weights are accepted).
@@ -77,6 +102,18 @@ pub const INCEPTION_DIM: usize = 2048;
 
 /// Images per forward pass by default.
 pub const DEFAULT_BATCH: usize = 16;
+
+/// Channels of `mixed_6/conv` (`Mixed_6d.branch1x1`) the ADM evaluator keeps for sFID.
+pub const SPATIAL_CHANNELS: usize = 7;
+
+/// Side of the `mixed_6/conv` map at 299×299 input.
+pub const SPATIAL_SIDE: usize = 17;
+
+/// The sFID feature dimension: 17·17·7 = 2023.
+pub const SPATIAL_DIM: usize = SPATIAL_SIDE * SPATIAL_SIDE * SPATIAL_CHANNELS;
+
+/// Classes of the FID graph's softmax (`fc.weight [1008, 2048]`).
+pub const LOGITS_DIM: usize = 1008;
 
 /// `BatchNorm2d` epsilon of the TF graph's `BasicConv2d`.
 const BN_EPS: f64 = 0.001;
@@ -738,6 +775,8 @@ fn max_pool_3x3<B: Backend>(x: Tensor<B, 4>, stride: usize, padding: usize) -> T
 #[derive(Debug, Clone)]
 pub struct InceptionV3<B: Backend> {
     net: InceptionNet<BasicConv<B>>,
+    /// `fc.weight` transposed, `[2048, 1008]`, when the file has it (for [`Self::logits`]).
+    fc_t: Option<Tensor<B, 2>>,
     device: B::Device,
     batch: usize,
 }
@@ -759,11 +798,58 @@ impl<B: Backend> InceptionV3<B> {
         device: &B::Device,
     ) -> Result<Self, MetricsError> {
         let mut load = |s: ConvSpec| BasicConv::load(&s, sd, source, device);
+        let net = InceptionNet::build(&mut load)?;
+        let fc_t = match sd.get("fc.weight") {
+            None => None,
+            Some(t) if t.shape == [LOGITS_DIM, INCEPTION_DIM] => {
+                if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+                    return Err(MetricsError::Input(format!(
+                        "--inception {source}: entry 'fc.weight' has a non-finite value at index {i}"
+                    )));
+                }
+                let w = Tensor::<B, 2>::from_data(
+                    TensorData::new(t.data.clone(), [LOGITS_DIM, INCEPTION_DIM]),
+                    device,
+                );
+                Some(w.transpose())
+            }
+            Some(t) => {
+                return Err(MetricsError::Input(format!(
+                    "--inception {source}: entry 'fc.weight' has shape {:?}, the FID network's \
+                     classifier is [{LOGITS_DIM}, {INCEPTION_DIM}]",
+                    t.shape
+                )))
+            }
+        };
         Ok(Self {
-            net: InceptionNet::build(&mut load)?,
+            net,
+            fc_t,
             device: device.clone(),
             batch: DEFAULT_BATCH,
         })
+    }
+
+    /// The device the network lives on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Whether the weights had `fc.weight` (needed by [`Self::logits`]).
+    pub fn has_logits(&self) -> bool {
+        self.fc_t.is_some()
+    }
+
+    /// Unbiased logits `pool · fc.weightᵀ`, `[N, 2048] → [N, 1008]`, as the ADM evaluator's
+    /// Inception Score (the graph's `softmax/logits/MatMul` weight, no bias; see the
+    /// [module docs](self)). Errors when the weights file had no `fc.weight`.
+    pub fn logits(&self, pool: Tensor<B, 2>) -> Result<Tensor<B, 2>, MetricsError> {
+        let fc_t = self.fc_t.as_ref().ok_or_else(|| {
+            MetricsError::Input(format!(
+                "the InceptionV3 weights have no fc.weight [{LOGITS_DIM}, {INCEPTION_DIM}]; the \
+                 Inception Score needs it (it is in {PT_FID_WEIGHTS})"
+            ))
+        })?;
+        Ok(pool.matmul(fc_t.clone()))
     }
 
     /// Images per forward pass.
@@ -796,6 +882,24 @@ impl<B: Backend> InceptionV3<B> {
     /// Pool features `[N, 2048]` of images `[N, C ∈ {1, 3}, H, W]` in `[−1, 1]`, in one pass
     /// (unchecked; see [`Self::features`] for batching and checks).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.forward_parts(x, false).0
+    }
+
+    /// Pool features `[N, 2048]` and the ADM evaluator's spatial sFID features `[N, 2023]`
+    /// (`mixed_6/conv[..., :7]` = `Mixed_6d.branch1x1` channels 0..7, flattened in (H, W, C)
+    /// order; see the [module docs](self)) of images `[N, C ∈ {1, 3}, H, W]` in `[−1, 1]`, in
+    /// one pass (unchecked).
+    pub fn forward_adm(&self, x: Tensor<B, 4>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let (pool, spatial) = self.forward_parts(x, true);
+        (pool, spatial.expect("asked for the spatial features"))
+    }
+
+    /// The forward pass, with the `Mixed_6d` spatial features when `spatial`.
+    fn forward_parts(
+        &self,
+        x: Tensor<B, 4>,
+        spatial: bool,
+    ) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
         let net = &self.net;
         let [_, c, h, w] = x.dims();
         let x = if c == 1 { x.repeat_dim(1, 3) } else { x };
@@ -823,13 +927,20 @@ impl<B: Backend> InceptionV3<B> {
         let x = net.mixed_6b.forward(x);
         let x = net.mixed_6c.forward(x);
         let x = net.mixed_6d.forward(x);
+        // `Mixed_6d` concatenates `branch1x1` first: its channels 0..7 are `mixed_6/conv`'s.
+        let sp = spatial.then(|| {
+            let [n, hh, ww, _] = x.dims();
+            x.clone()
+                .narrow(3, 0, SPATIAL_CHANNELS)
+                .reshape([n, hh * ww * SPATIAL_CHANNELS])
+        });
         let x = net.mixed_6e.forward(x);
         // Block 3: 17 → 8, then the adaptive average pool to 1×1.
         let x = net.mixed_7a.forward(x);
         let x = net.mixed_7b.forward(x);
         let x = net.mixed_7c.forward(x);
         let [n, hh, ww, d] = x.dims();
-        x.reshape([n, hh * ww, d]).mean_dim(1).reshape([n, d])
+        (x.reshape([n, hh * ww, d]).mean_dim(1).reshape([n, d]), sp)
     }
 
     /// Pool features `N × 2048` (row-major) of `images: [N, C ∈ {1, 3}, H, W]` in `[−1, 1]`,
@@ -1059,7 +1170,11 @@ mod tests {
     /// `DIR/weights.safetensors` (a randomly initialised `fid_inception_v3()` state dict) and
     /// `DIR/io.safetensors` (inputs `x1, x2, x3` in [−1, 1] and pytorch-fid's
     /// `InceptionV3([3], normalize_input=False)` features `f1, f2, f3`; 1-channel inputs
-    /// repeated to 3 there). Prints the largest absolute difference.
+    /// repeated to 3 there). Prints the largest absolute difference. When the files also hold
+    /// `s1..s3` (`Mixed_6d.branch1x1[:, :7]` in NHWC order, `[N, 2023]`) and `l1..l3`
+    /// (`pool · fc.weightᵀ`, `[N, 1008]`), as `nag-train/tests/fixtures/make_inception_parity.py
+    /// DIR` writes them, the ADM outputs ([`InceptionV3::forward_adm`], [`InceptionV3::logits`])
+    /// are checked too.
     #[test]
     #[ignore = "needs NAG_INCEPTION_PARITY=DIR with files made by PyTorch"]
     fn parity_with_pytorch_fid() {
@@ -1085,6 +1200,27 @@ mod tests {
             let scale = f.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             eprintln!("x{i} {shape:?}: max |rust − pytorch| = {max_abs:e} (max |feature| {scale})");
             assert!(max_abs <= 1e-4 * scale.max(1.0), "x{i}: {max_abs}");
+            let (Some(sp), Some(lg)) = (io.get(&format!("s{i}")), io.get(&format!("l{i}"))) else {
+                continue;
+            };
+            let t = Tensor::<B, 4>::from_data(TensorData::new(x.data.clone(), shape), &device);
+            let (pool, spatial) = net.forward_adm(t);
+            let logits = net.logits(pool).unwrap();
+            for (name, ours, theirs) in [
+                ("mixed_6/conv[..., :7]", spatial, sp),
+                ("logits", logits, lg),
+            ] {
+                let ours: Vec<f32> = ours.into_data().iter::<f32>().collect();
+                assert_eq!(ours.len(), theirs.data.len(), "x{i} {name}");
+                let max_abs = ours
+                    .iter()
+                    .zip(&theirs.data)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                let scale = theirs.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                eprintln!("x{i} {name}: max |rust − pytorch| = {max_abs:e} (max |value| {scale})");
+                assert!(max_abs <= 1e-4 * scale.max(1.0), "x{i} {name}: {max_abs}");
+            }
         }
     }
 }

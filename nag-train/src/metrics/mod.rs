@@ -1,5 +1,7 @@
 //! Sample-quality metrics.
 //!
+//! - [`adm`]: OpenAI's ADM evaluator (Inception Score, FID, sFID, precision, recall from `.npz`
+//!   sample and reference batches), as papers report it.
 //! - [`fd`]: the Fréchet distance between two sets of feature vectors,
 //!   `FD = |μ₁ − μ₂|² + tr Σ₁ + tr Σ₂ − 2·tr (Σ₁Σ₂)^½` (FID when the features are InceptionV3's),
 //!   with a self-contained symmetric eigen-solver, and a low-rank path when there are fewer
@@ -16,6 +18,7 @@
 //! All functions check their input (empty sets, mismatched dimensions, non-finite values) and
 //! return [`MetricsError`] instead of panicking.
 
+pub mod adm;
 pub mod fd;
 pub mod features;
 pub mod gmm_metrics;
@@ -65,6 +68,9 @@ pub enum MetricsError {
     /// Dataset problem.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// Reading an `.npz` sample or reference batch.
+    #[error(transparent)]
+    Npz(#[from] nag_models::npz::NpzError),
     /// Reading or writing model files.
     #[error(transparent)]
     Checkpoint(#[from] nag_models::state_dict::CheckpointError),

@@ -1,0 +1,173 @@
+//! `cargo xtask eval --samples S.npz --ref REF.npz --inception W`: OpenAI's ADM evaluator
+//! (guided-diffusion `evaluations/evaluator.py`), the Inception Score, FID, sFID, precision and
+//! recall papers report, on pytorch-fid's port of its InceptionV3
+//! ([`nag_train::metrics::adm`]).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+use nag_backends::{dispatch, BackendTask, DeviceSpec};
+use nag_train::metrics::adm::{evaluate, AdmOptions, AdmReport, InputScale, Progress};
+use nag_train::metrics::inception::{check_inception, InceptionV3, DEFAULT_BATCH};
+use serde_json::json;
+
+use crate::eval::EvalArgs;
+
+/// What the output says about the network.
+const NETWORK_NOTE: &str = "InceptionV3 is pytorch-fid's port of the evaluator's TF graph \
+     (pt_inception-2015-12-05); its bilinear resize to 299×299 differs slightly from TF's, so the \
+     numbers differ slightly from the TF evaluator's";
+
+/// Runs the ADM evaluation of `args` (`--samples` given).
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let samples = args.samples.as_deref().context("--samples is required")?;
+    let Some(reference) = args.reference.as_deref() else {
+        bail!("--samples needs --ref REF.npz (the reference batch, e.g. VIRTUAL_imagenet256_labeled.npz)");
+    };
+    for (flag, path) in [("--samples", samples), ("--ref", reference)] {
+        if !path.is_file() {
+            bail!(
+                "{flag} {}: no such file (an .npz batch: np.savez(path, arr_0=uint8 [N,H,W,3]))",
+                path.display()
+            );
+        }
+    }
+    if args.inception.is_none() {
+        bail!(
+            "--samples needs --inception PATH: pytorch-fid's FID weights {} (.pth, or converted \
+             to .safetensors)",
+            nag_train::metrics::inception::PT_FID_WEIGHTS
+        );
+    }
+    check_inception(args.inception.as_deref())?;
+    let batch = args.batch.unwrap_or(DEFAULT_BATCH);
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if args.k == 0 {
+        bail!("--k must be at least 1");
+    }
+    let opts = AdmOptions {
+        scale: if args.tf_input_scale {
+            InputScale::TfGraph
+        } else {
+            InputScale::PytorchFid
+        },
+        k: args.k,
+        ..AdmOptions::default()
+    };
+    let spec = DeviceSpec::parse(&args.device)?;
+    let start = Instant::now();
+    let task = Task {
+        weights: args
+            .inception
+            .as_deref()
+            .context("--inception is required")?,
+        samples,
+        reference,
+        batch,
+        opts,
+    };
+    let report = dispatch(spec, task)??;
+    let seconds = start.elapsed().as_secs_f64();
+    let value = json!({
+        "inception_score": report.inception_score,
+        "fid": report.fid,
+        "sfid": report.sfid,
+        "precision": report.precision,
+        "recall": report.recall,
+        "n_samples": report.n_samples,
+        "n_reference": report.n_reference,
+        "samples": samples.display().to_string(),
+        "reference": reference.display().to_string(),
+        "sample_stats_precomputed": report.sample_stats_precomputed,
+        "reference_stats_precomputed": report.reference_stats_precomputed,
+        "inception": args.inception.as_ref().map(|p| p.display().to_string()),
+        "input_scale": opts.scale,
+        "k": opts.k,
+        "network": NETWORK_NOTE,
+        "device": args.device,
+        "seconds": seconds,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print_report(&report, samples, reference, seconds);
+    }
+    Ok(())
+}
+
+fn print_report(r: &AdmReport, samples: &Path, reference: &Path, seconds: f64) {
+    let source = |pre: bool| {
+        if pre {
+            "FID statistics from the file"
+        } else {
+            "FID statistics of its images"
+        }
+    };
+    println!("ADM evaluator (guided-diffusion evaluations/evaluator.py); {NETWORK_NOTE}.");
+    println!(
+        "samples:   {} ({} images; {})",
+        samples.display(),
+        r.n_samples,
+        source(r.sample_stats_precomputed)
+    );
+    println!(
+        "reference: {} ({} images; {})",
+        reference.display(),
+        r.n_reference,
+        source(r.reference_stats_precomputed)
+    );
+    println!("Inception Score: {}", r.inception_score);
+    println!("FID: {}", r.fid);
+    println!("sFID: {}", r.sfid);
+    println!("Precision: {}", r.precision);
+    println!("Recall: {}", r.recall);
+    println!("({seconds:.1} s)");
+}
+
+struct Task<'a> {
+    weights: &'a Path,
+    samples: &'a Path,
+    reference: &'a Path,
+    batch: usize,
+    opts: AdmOptions,
+}
+
+impl BackendTask for Task<'_> {
+    type Output = Result<AdmReport>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<AdmReport> {
+        let net = InceptionV3::<B::InnerBackend>::load(self.weights, &device)
+            .with_context(|| format!("loading the InceptionV3 weights {}", self.weights.display()))?
+            .with_batch(self.batch);
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>20} [{bar:30}] {pos}/{len} ({eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(500));
+        let mut stage = String::new();
+        let mut progress = |p: Progress<'_>| {
+            if p.stage != stage {
+                stage = p.stage.to_string();
+                bar.reset();
+                bar.set_message(stage.clone());
+                bar.set_length(p.total as u64);
+            }
+            bar.set_position(p.done as u64);
+        };
+        let report = evaluate(
+            &net,
+            self.samples,
+            self.reference,
+            &self.opts,
+            &mut progress,
+        );
+        bar.finish_and_clear();
+        Ok(report?)
+    }
+}
