@@ -140,6 +140,9 @@ pub struct TrainConfig {
     /// Initial weights (`.pt`, `.safetensors`, or a run directory's EMA), e.g. an official
     /// checkpoint to fine-tune for NAG.
     pub init: Option<PathBuf>,
+    /// Attention heads of the `init` network when its hidden size is not a standard one
+    /// (DiT's sizes 384/768/1024/1152 imply 6/12/16/16).
+    pub init_heads: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -171,6 +174,7 @@ impl Default for TrainConfig {
             workers: 2,
             threads: 1,
             init: None,
+            init_heads: None,
         }
     }
 }
@@ -302,6 +306,7 @@ impl TrainConfig {
             Some(sd) => {
                 let hints = DitHints {
                     class_dropout_prob: Some(self.class_dropout.max(f64::MIN_POSITIVE)),
+                    num_heads: self.init_heads,
                     ..DitHints::default()
                 };
                 let cfg = DitConfig::infer_from_state_dict(sd, &hints)?;

@@ -132,3 +132,68 @@ fn unreadable_files_are_skipped_and_counted_or_stop_the_run() {
     assert!(err.contains("zz-bad.png"), "{err}");
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// Fine-tuning an official-architecture checkpoint (the torch f32 fixture: 4×8×8 latents, 10
+/// classes, no null-t vector) on latents that use only labels 0..3: the run keeps the file's
+/// 10 classes and its weights, adds the null-t vector, and data of another shape is refused.
+#[test]
+fn init_takes_the_architecture_from_the_file() {
+    let base = std::env::temp_dir().join(format!("nag-init-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let init = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../nag-models/tests/fixtures/dit_f32/dit_tiny.pt");
+    let write_latents = |name: &str, shape: [usize; 4]| {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let path = base.join(format!("{name}.npy"));
+        nag_models::npy::write_npy_f32(&path, &shape, &values).unwrap();
+        let labels: Vec<i64> = (0..shape[0] as i64).map(|i| i % 4).collect();
+        nag_models::npy::write_npy(
+            &base.join(format!("{name}_labels.npy")),
+            &nag_models::npy::NpyArray::new(vec![shape[0]], nag_models::npy::NpyData::I64(labels))
+                .unwrap(),
+        )
+        .unwrap();
+        path
+    };
+    let good = write_latents("good", [8, 4, 8, 8]);
+    let cfg = TrainConfig {
+        data: good.display().to_string(),
+        init: Some(init.clone()),
+        init_heads: Some(4),
+        steps: 1,
+        batch: 2,
+        checkpoint_every: 1,
+        noise_dropout: 0.1,
+        ..small_run()
+    };
+    let device = Default::default();
+    train::<B>(&cfg, &base.join("run"), false, &device, |_| {}).unwrap();
+    let (sd, config) =
+        nag_models::checkpoint::load_model_files(&base.join("run").join("ema.safetensors"))
+            .unwrap();
+    let config: nag_models::DitConfig = serde_json::from_str(&config).unwrap();
+    assert_eq!(
+        (config.num_classes, config.hidden_size, config.depth),
+        (10, 32, 2)
+    );
+    assert!(config.null_timestep);
+    assert_eq!(
+        sd.get("y_embedder.embedding_table.weight").unwrap().shape,
+        vec![11, 32]
+    );
+
+    let wrong = write_latents("wrong", [8, 4, 16, 16]);
+    let cfg = TrainConfig {
+        data: wrong.display().to_string(),
+        ..cfg
+    };
+    let msg = train::<B>(&cfg, &base.join("wrong-run"), false, &device, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("--init") && msg.contains("4×16×16"), "{msg}");
+    let _ = std::fs::remove_dir_all(&base);
+}

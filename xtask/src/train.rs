@@ -90,9 +90,13 @@ pub struct TrainArgs {
     /// Image size of generated datasets.
     #[arg(long)]
     pub image_size: Option<usize>,
-    /// Initial weights to fine-tune (.pt / .safetensors).
+    /// Initial weights to fine-tune (.pt / .safetensors), e.g. DiT-XL-2-256x256.pt: the
+    /// network's shape and classes come from the file (--model is then ignored).
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// With --init: attention heads, when the file's hidden size is not a standard one.
+    #[arg(long, requires = "init")]
+    pub init_heads: Option<usize>,
     /// Run directory.
     #[arg(long, default_value = "runs/default")]
     pub out: PathBuf,
@@ -161,6 +165,9 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(v) = args.image_size {
         cfg.image_size = Some(v);
+    }
+    if let Some(h) = args.init_heads {
+        cfg.init_heads = Some(h);
     }
     if let Some(v) = &args.init {
         cfg.init = Some(v.clone());
@@ -269,9 +276,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             args.out.display()
         );
     }
+    let model = match &cfg.init {
+        Some(init) => format!("the network of {}", init.display()),
+        None => format!("'{}'", cfg.model),
+    };
     eprintln!(
-        "training '{}' on '{}' ({:?}) for {} steps, batch {}, noise dropout {}, on {spec}",
-        cfg.model, cfg.data, cfg.objective, cfg.steps, cfg.batch, cfg.noise_dropout
+        "training {model} on '{}' ({:?}) for {} steps, batch {}, noise dropout {}, on {spec}",
+        cfg.data, cfg.objective, cfg.steps, cfg.batch, cfg.noise_dropout
     );
     let summary = dispatch(
         spec,
