@@ -13,6 +13,7 @@ mod experiment;
 mod experiment_oracle;
 mod features;
 mod forward;
+mod latents;
 mod oracle_args;
 mod sample;
 mod shift;
@@ -100,6 +101,9 @@ enum Command {
     /// Time a DiT training step and forward here and, with --torch PYTHON, in the PyTorch
     /// reference on the same machine; prints the ratios.
     Bench(bench::BenchArgs),
+    /// Encode an image folder (each image and its mirror) through the SD VAE into a
+    /// memory-mapped latent store for `train --data`; `latents bench` times reading one.
+    Latents(latents::LatentsArgs),
 }
 
 fn main() -> ExitCode {
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
         Command::Features(cmd) => features::run(cmd),
         Command::Experiment(cmd) => experiment::run_cmd(cmd),
         Command::Bench(args) => bench::run(args),
+        Command::Latents(args) => latents::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

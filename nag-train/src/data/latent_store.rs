@@ -540,3 +540,134 @@ impl Dataset for LatentStore {
         format!("latent store {}", self.dir.display())
     }
 }
+
+/// Writes a synthetic store (for benchmarks and tests): `n` items of `latent_shape`, means
+/// uniform in `[−4, 4)`, stds uniform in `[0.01, 0.1)`, labels uniform in `0..num_classes`,
+/// all from `seed`; same arguments → same bytes. `progress` gets the items written after each
+/// shard. `dir` must not exist or be empty.
+pub fn write_synthetic(
+    dir: &Path,
+    n: usize,
+    latent_shape: [usize; 3],
+    num_classes: usize,
+    shard_size: usize,
+    seed: u64,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Manifest, DataError> {
+    if n == 0 || num_classes == 0 || shard_size == 0 || latent_shape.contains(&0) {
+        return Err(DataError::Config(format!(
+            "synthetic store: items ({n}), classes ({num_classes}), shard size ({shard_size}) \
+             and latent shape {latent_shape:?} must be non-zero"
+        )));
+    }
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(DataError::bad(
+            dir,
+            "exists and is not empty; pick a new folder",
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let params = StoreParams {
+        latent_shape,
+        scaling_factor: 0.18215,
+        size: 0,
+        vae: "synthetic".into(),
+        source: format!("synthetic (seed {seed})"),
+        source_files: n,
+        num_classes,
+        shard_size,
+    };
+    let classes: Vec<String> = (0..num_classes).map(|c| format!("class{c:04}")).collect();
+    write_classes(dir, &classes)?;
+    let shards_total = n.div_ceil(shard_size);
+    let mut manifest = Manifest::new(params, shards_total);
+    let d: usize = latent_shape.iter().product();
+    let mut values = vec![vec![0f32; d]; 4];
+    for k in 0..shards_total {
+        let mut rng = super::stream_rng(seed, 0x5EED_1A7E, k as u64);
+        let mut shard = ShardBuilder::new(latent_shape);
+        for f in k * shard_size..((k + 1) * shard_size).min(n) {
+            for (m, v) in values.iter_mut().enumerate() {
+                let (lo, width) = if m % 2 == 0 {
+                    (-4.0, 8.0)
+                } else {
+                    (0.01, 0.09)
+                };
+                v.iter_mut()
+                    .for_each(|x| *x = lo + width * rng.random::<f32>());
+            }
+            let label = rng.random_range(0..num_classes) as i64;
+            let moments = [&values[0][..], &values[1], &values[2], &values[3]];
+            shard
+                .push(moments, label, f)
+                .map_err(|reason| DataError::Config(reason))?;
+        }
+        manifest.push_shard(shard.write(dir, k, k * shard_size, Vec::new())?);
+        manifest.complete = k + 1 == shards_total;
+        manifest.write(dir)?;
+        progress(manifest.count);
+    }
+    Ok(manifest)
+}
+
+/// Resident memory of this process from `/proc/self/status`: `(VmRSS, VmHWM)` in bytes
+/// (current and peak); `None` where that file is unavailable (not Linux).
+pub fn resident_memory() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::testutil::TempDir;
+    use crate::data::{open_dataset, stream_rng};
+
+    #[test]
+    fn synthetic_store_reads_back_and_repeats() {
+        let tmp = TempDir::new("synthetic");
+        let (a, b) = (tmp.join("a"), tmp.join("b"));
+        let m = write_synthetic(&a, 7, [2, 3, 3], 5, 3, 9, &mut |_| {}).unwrap();
+        assert_eq!((m.count, m.shards.len(), m.complete), (7, 3, true));
+        write_synthetic(&b, 7, [2, 3, 3], 5, 3, 9, &mut |_| {}).unwrap();
+        for f in [
+            "shard-00000.safetensors",
+            "shard-00002.safetensors",
+            MANIFEST,
+        ] {
+            assert_eq!(
+                std::fs::read(a.join(f)).unwrap(),
+                std::fs::read(b.join(f)).unwrap()
+            );
+        }
+        assert!(write_synthetic(&a, 7, [2, 3, 3], 5, 3, 9, &mut |_| {}).is_err());
+        let ds = open_dataset(a.to_str().unwrap(), &DataOptions::default()).unwrap();
+        assert_eq!((ds.len(), ds.shape(), ds.num_classes()), (7, [2, 3, 3], 5));
+        let store = LatentStore::open(&a, &DataOptions::default()).unwrap();
+        for i in 0..7 {
+            let (mean, std) = store.moments(i, 1).unwrap();
+            assert!(mean.iter().all(|v| (-4.0..=4.0).contains(v)), "{mean:?}");
+            assert!(std.iter().all(|v| (0.0099..=0.1).contains(v)), "{std:?}");
+            let x = ds.item(i, &mut stream_rng(0, 0, i as u64)).unwrap().x;
+            assert!(x.iter().all(|v| v.abs() < 0.18215 * 4.6), "{x:?}");
+        }
+        assert!(ds.item(7, &mut stream_rng(0, 0, 0)).is_err());
+        // A truncated shard is an error naming it.
+        std::fs::write(a.join("shard-00001.safetensors"), b"short").unwrap();
+        let err = LatentStore::open(&a, &DataOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shard-00001.safetensors"), "{err}");
+        assert!(resident_memory().is_none_or(|(rss, hwm)| rss > 0 && hwm >= rss));
+    }
+}
