@@ -116,11 +116,6 @@ fn new_state_dict() -> StateDict {
     .0
 }
 
-fn new_config() -> VaeConfig {
-    let path = fixture("new/config.json");
-    VaeConfig::from_diffusers_json(&std::fs::read_to_string(&path).unwrap(), &path).unwrap()
-}
-
 /// Writes `sd` with the fixture's config into a fresh folder and loads it.
 fn load_modified(test: &str, sd: &StateDict) -> Result<(Vae<B>, VaeSource), VaeError> {
     let dir = scratch(test);

@@ -624,9 +624,7 @@ pub fn write_synthetic(
             }
             let label = rng.random_range(0..num_classes) as i64;
             let moments = [&values[0][..], &values[1], &values[2], &values[3]];
-            shard
-                .push(moments, label, f)
-                .map_err(|reason| DataError::Config(reason))?;
+            shard.push(moments, label, f).map_err(DataError::Config)?;
         }
         manifest.push_shard(shard.write(dir, k, k * shard_size, Vec::new())?);
         manifest.complete = k + 1 == shards_total;
