@@ -13,8 +13,8 @@
 //!
 //! Values are stored as IEEE f16: half the disk of f32 (256-px ImageNet: 1.28 M × 2 flips ×
 //! 2 moments × 4·32·32 values = 42 GB instead of 84 GB) and half the bytes to page in per item.
-//! The rounding error (relative 2⁻¹¹ ≈ 4.9·10⁻⁴, about 3·10⁻³ for a typical unscaled mean of
-//! 5) is far below the smallest noise DiT adds (√β₁ = 0.01 in scaled units ≈ 0.055 unscaled).
+//! The rounding error (relative ≤ 2⁻¹¹ ≈ 4.9·10⁻⁴, ≤ 2·10⁻³ absolute for an unscaled mean below
+//! 8) is far below the smallest noise DiT adds (√β₁ = 0.01 in scaled units ≈ 0.055 unscaled).
 //!
 //! Shards are written atomically and the manifest is rewritten (atomically) after each one, so
 //! an interrupted extraction leaves whole shards only and resumes after the last recorded one.
