@@ -31,6 +31,7 @@ pub mod estimator;
 pub mod generate;
 pub mod guided;
 pub mod image;
+pub mod latent_extract;
 pub mod metrics;
 pub mod objective;
 pub mod oracle;

@@ -14,6 +14,7 @@ mod experiment;
 mod experiment_oracle;
 mod features;
 mod forward;
+mod latents;
 mod oracle_args;
 mod progress;
 mod sample;
@@ -106,6 +107,9 @@ enum Command {
     /// Images ↔ SD-VAE latents through a diffusers VAE folder (encode / decode).
     #[command(subcommand)]
     Vae(vae::VaeCmd),
+    /// Encode an image folder (each image and its mirror) through the SD VAE into a
+    /// memory-mapped latent store for `train --data`; `latents bench` times reading one.
+    Latents(latents::LatentsArgs),
 }
 
 /// Fails early (before any work) when `path`'s folder does not exist.
@@ -144,6 +148,7 @@ fn main() -> ExitCode {
         Command::Experiment(cmd) => experiment::run_cmd(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Vae(cmd) => vae::run(cmd),
+        Command::Latents(args) => latents::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

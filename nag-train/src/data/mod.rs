@@ -10,6 +10,7 @@
 //!   [`nag_core::gmm::GaussianMixture`] evaluates exactly.
 //! - [`folder`]: an image folder, one subfolder per class (PNG, JPEG), ADM centre crop.
 //! - [`latents`]: pre-extracted latents and labels (`.npy` pair or one `.safetensors`).
+//! - [`latent_store`]: memory-mapped VAE posterior moments from `cargo xtask latents`.
 //! - [`idx`]: MNIST-style IDX files.
 //!
 //! [`open_dataset`] picks one from a spec string.
@@ -17,6 +18,7 @@
 pub mod folder;
 pub mod gmm;
 pub mod idx;
+pub mod latent_store;
 pub mod latents;
 pub mod loader;
 pub mod shapes;
@@ -29,6 +31,7 @@ use rand_chacha::ChaCha8Rng;
 pub use folder::FolderDataset;
 pub use gmm::{GmmConfig, GmmDataset};
 pub use idx::IdxDataset;
+pub use latent_store::LatentStore;
 pub use latents::LatentDataset;
 pub use loader::{Loader, LoaderConfig};
 pub use shapes::{ShapesConfig, ShapesDataset, ShapesLayout, SHAPE_NAMES};
@@ -233,7 +236,7 @@ pub const DEFAULT_VIRTUAL_LEN: usize = 50_000;
 ///   name, else `options.image_size`, else 16); `"shapes-scattered"` (`…16`, `…32`): the
 ///   scattered layout ([`ShapesLayout`]);
 /// - `"gmm"`, `"gmm16"`, `"gmm32"`: [`GmmDataset`] with [`GmmConfig`] defaults;
-/// - a path: a folder holding `latents.npy` / `latents.safetensors` → latents; a folder holding
+/// - a path: a folder holding `manifest.json` → [`LatentStore`]; a folder holding `latents.npy` / `latents.safetensors` → latents; a folder holding
 ///   `train-images-idx3-ubyte[.gz]` → IDX; any other folder → image folder; `*.npy` /
 ///   `*.safetensors` → latents; a file whose name contains `idx` or ends in `-ubyte[.gz]` → IDX.
 pub fn open_dataset(spec: &str, options: &DataOptions) -> Result<Box<dyn Dataset>, DataError> {
@@ -275,6 +278,9 @@ pub fn open_dataset(spec: &str, options: &DataOptions) -> Result<Box<dyn Dataset
     }
     let lower = file_name_lower(path);
     if path.is_dir() {
+        if path.join(latent_store::MANIFEST).is_file() {
+            return Ok(Box::new(LatentStore::open(path, options)?));
+        }
         for name in ["latents.npy", "latents.safetensors"] {
             if path.join(name).is_file() {
                 let opts = DataOptions {

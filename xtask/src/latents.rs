@@ -1,0 +1,288 @@
+//! `cargo xtask latents`: extract a latent store from an image folder through the SD VAE, and
+//! `cargo xtask latents bench`: the store's read speed and resident memory.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use nag_backends::{dispatch, BackendTask, DeviceSpec};
+use nag_train::data::latent_store::{resident_memory, write_synthetic, MANIFEST};
+use nag_train::data::{open_dataset, stream_rng, DataOptions, OnError};
+use nag_train::latent_extract::{extract_latents, ExtractConfig, ExtractProgress, ExtractSummary};
+use rand::Rng;
+
+/// Arguments of `cargo xtask latents`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct LatentsArgs {
+    #[command(subcommand)]
+    pub cmd: Option<LatentsCmd>,
+    /// Image folder, one subfolder per class (sorted as torchvision's ImageFolder).
+    #[arg(long, required = true)]
+    pub data: Option<PathBuf>,
+    /// diffusers VAE folder (config.json + diffusion_pytorch_model.safetensors or .bin), e.g.
+    /// stabilityai/sd-vae-ft-ema.
+    #[arg(long, required = true)]
+    pub vae: Option<PathBuf>,
+    /// Output store folder; re-running the same command continues an interrupted extraction.
+    #[arg(long, required = true)]
+    pub out: Option<PathBuf>,
+    /// ADM centre-crop side (a multiple of the VAE's downscale, 8 for the SD VAE).
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Images per VAE call (each is encoded plain and mirrored: 2·batch crops).
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Unreadable files: `skip` (count them) or `fail` (stop, naming the file).
+    #[arg(long, value_name = "skip|fail", default_value = "skip")]
+    pub on_bad_file: String,
+    /// Device: cpu, flex, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Source images per shard file (2048 × 32 KiB = 64 MiB at 256 px).
+    #[arg(long, default_value_t = 2048)]
+    pub shard_size: usize,
+    /// Image-decoding threads (default: the number of cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// `cargo xtask latents` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LatentsCmd {
+    /// Write a synthetic store (if --out holds none) and read random items from it through the
+    /// training Dataset: items/s and resident memory.
+    Bench(BenchArgs),
+}
+
+/// Arguments of `cargo xtask latents bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Items of the synthetic store (4×32×32 latents, 1000 classes).
+    #[arg(long, default_value_t = 200_000)]
+    pub synthetic: usize,
+    /// Store folder: written when it holds no manifest.json, else read as it is.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seconds of reading.
+    #[arg(long, default_value_t = 20.0)]
+    pub seconds: f64,
+    /// Reader threads (the trainer's loader workers).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Seed of the synthetic values and of the item order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Runs `cargo xtask latents [bench]`.
+pub fn run(args: &LatentsArgs) -> Result<()> {
+    if let Some(LatentsCmd::Bench(b)) = &args.cmd {
+        return bench(b);
+    }
+    let need =
+        |v: &Option<PathBuf>, flag: &str| v.clone().with_context(|| format!("{flag} is required"));
+    let on_error: OnError = serde_json::from_value(serde_json::Value::String(
+        args.on_bad_file.to_ascii_lowercase(),
+    ))
+    .with_context(|| {
+        format!(
+            "--on-bad-file: unknown value '{}' (skip or fail)",
+            args.on_bad_file
+        )
+    })?;
+    let cfg = ExtractConfig {
+        data: need(&args.data, "--data")?,
+        vae: need(&args.vae, "--vae")?,
+        out: need(&args.out, "--out")?,
+        size: args.size,
+        batch: args.batch,
+        shard_size: args.shard_size,
+        on_error,
+        threads: args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    };
+    let spec = DeviceSpec::parse(&args.device)?;
+    eprintln!(
+        "extracting latents of {} at {} px through {} on {spec} into {}",
+        cfg.data.display(),
+        cfg.size,
+        cfg.vae.display(),
+        cfg.out.display()
+    );
+    let start = Instant::now();
+    let summary = dispatch(spec, Task { cfg: &cfg })??;
+    let m = &summary.manifest;
+    eprintln!(
+        "{} latents {:?} of {} classes in {} shards ({} resumed) in {:.0}s",
+        m.count,
+        m.params.latent_shape,
+        m.params.num_classes,
+        m.shards.len(),
+        summary.resumed_shards,
+        start.elapsed().as_secs_f64()
+    );
+    if m.skipped > 0 {
+        eprintln!(
+            "skipped {} unreadable file(s) (listed per shard in {}; --on-bad-file fail stops at the first)",
+            m.skipped,
+            cfg.out.join(MANIFEST).display()
+        );
+    }
+    println!("store: {}", cfg.out.display());
+    println!(
+        "next: cargo xtask train --data {} --model DiT-XL/2",
+        cfg.out.display()
+    );
+    Ok(())
+}
+
+struct Task<'a> {
+    cfg: &'a ExtractConfig,
+}
+
+impl BackendTask for Task<'_> {
+    type Output = Result<ExtractSummary>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} images {per_sec} ETA {eta} {msg}")
+                .expect("a valid template"),
+        );
+        let summary =
+            extract_latents::<B::InnerBackend>(self.cfg, &device, &mut |p: ExtractProgress| {
+                // The bar counts this run's images only, so images/s is this run's speed.
+                bar.set_length((p.total - p.resumed) as u64);
+                bar.set_position((p.done - p.resumed) as u64);
+                let resumed = if p.resumed > 0 {
+                    format!("(+{} from an earlier run)", p.resumed)
+                } else {
+                    String::new()
+                };
+                bar.set_message(format!("skipped {} {resumed}", p.skipped));
+            });
+        bar.finish();
+        Ok(summary?)
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn memory_line(label: &str) -> String {
+    match resident_memory() {
+        Some((rss, hwm)) => format!("{label}: VmRSS {} (peak VmHWM {})", mib(rss), mib(hwm)),
+        None => format!("{label}: resident memory unavailable (no /proc/self/status)"),
+    }
+}
+
+/// `cargo xtask latents bench`.
+fn bench(args: &BenchArgs) -> Result<()> {
+    anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
+    anyhow::ensure!(
+        args.seconds.is_finite() && args.seconds > 0.0,
+        "--seconds must be > 0"
+    );
+    if !args.out.join(MANIFEST).is_file() {
+        let bar = ProgressBar::new(args.synthetic as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "writing {bar:30} {pos}/{len} latents {per_sec} ETA {eta}",
+            )
+            .expect("a valid template"),
+        );
+        let start = Instant::now();
+        write_synthetic(
+            &args.out,
+            args.synthetic,
+            [4, 32, 32],
+            1000,
+            2048,
+            args.seed,
+            &mut |n| bar.set_position(n as u64),
+        )?;
+        bar.finish();
+        eprintln!(
+            "wrote {} synthetic latents in {:.1}s; {}",
+            args.synthetic,
+            start.elapsed().as_secs_f64(),
+            memory_line("after writing")
+        );
+    }
+    let opened = Instant::now();
+    let ds = open_dataset(
+        args.out.to_str().context("--out is not UTF-8")?,
+        &DataOptions::default(),
+    )?;
+    let n = ds.len();
+    eprintln!(
+        "{}: {n} items of {:?}, opened in {:.2}s; {}",
+        ds.name(),
+        ds.shape(),
+        opened.elapsed().as_secs_f64(),
+        memory_line("before reading")
+    );
+    let done = AtomicBool::new(false);
+    let items = AtomicU64::new(0);
+    let peak_rss = AtomicU64::new(0);
+    let start = Instant::now();
+    let limit = Duration::from_secs_f64(args.seconds);
+    let result: Result<()> = std::thread::scope(|s| {
+        // Resident memory sampled every 50 ms while the readers run.
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if let Some((rss, _)) = resident_memory() {
+                    peak_rss.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let readers: Vec<_> = (0..args.threads as u64)
+            .map(|t| {
+                let (ds, items, seed) = (&ds, &items, args.seed);
+                s.spawn(move || -> Result<()> {
+                    let mut order = stream_rng(seed, 1, t);
+                    let mut checksum = 0f32;
+                    let mut k = 0u64;
+                    while start.elapsed() < limit {
+                        for _ in 0..64 {
+                            let index = order.random_range(0..n);
+                            let item = ds.item(index, &mut stream_rng(seed, 2, t << 40 | k))?;
+                            checksum += item.x[0];
+                            k += 1;
+                        }
+                        items.fetch_add(64, Ordering::Relaxed);
+                    }
+                    std::hint::black_box(checksum);
+                    Ok(())
+                })
+            })
+            .collect();
+        let results: Vec<Result<()>> = readers
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect();
+        done.store(true, Ordering::Relaxed);
+        results.into_iter().collect()
+    });
+    result?;
+    let secs = start.elapsed().as_secs_f64();
+    let count = items.load(Ordering::Relaxed);
+    println!(
+        "read {count} random items on {} thread(s) in {secs:.1}s: {:.0} items/s",
+        args.threads,
+        count as f64 / secs
+    );
+    println!(
+        "peak VmRSS while reading: {}; {}",
+        mib(peak_rss.load(Ordering::Relaxed)),
+        memory_line("after reading")
+    );
+    Ok(())
+}
