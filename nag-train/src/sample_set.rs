@@ -387,16 +387,14 @@ fn write_part(
     .map_err(io(&path))
 }
 
-/// Streams the parts into `npz` (one stored, zip64 entry `arr_0.npy`), atomically.
-fn assemble(dir: &Path, npz: &Path, n: usize, shape: [usize; 3]) -> Result<(), SampleSetError> {
-    let parts = contiguous_parts(dir)?;
-    let covered = parts.last().map_or(0, |&(s, l)| s + l);
-    if covered < n {
-        return Err(SampleSetError::Config(format!(
-            "{}: parts cover {covered} of {n} samples",
-            dir.display()
-        )));
-    }
+/// Writes `npz` atomically in the ADM evaluator's batch format: one stored (zip64) entry
+/// `arr_0.npy` of uint8 `[n, H, W, 3]`, whose values `fill` writes after the header.
+fn write_arr_0(
+    npz: &Path,
+    n: usize,
+    shape: [usize; 3],
+    fill: impl FnOnce(&mut dyn Write) -> Result<(), SampleSetError>,
+) -> Result<(), SampleSetError> {
     let mut tmp_name = npz.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = npz.with_file_name(tmp_name);
@@ -411,28 +409,7 @@ fn assemble(dir: &Path, npz: &Path, n: usize, shape: [usize; 3]) -> Result<(), S
         zip.start_file("arr_0.npy", options).map_err(zerr)?;
         zip.write_all(&npy_header("|u1", &[n, shape[0], shape[1], shape[2]]))
             .map_err(io(&tmp))?;
-        let per = shape.iter().product::<usize>();
-        let mut left = n;
-        for (s, l) in parts {
-            let path = dir.join(part_name(s, l));
-            let header_len = npy_header("|u1", &[l, shape[0], shape[1], shape[2]]).len();
-            let mut f = File::open(&path).map_err(io(&path))?;
-            let mut header = vec![0u8; header_len];
-            f.read_exact(&mut header).map_err(io(&path))?;
-            let take = l.min(left);
-            let copied =
-                std::io::copy(&mut f.take((take * per) as u64), &mut zip).map_err(io(&path))?;
-            if copied != (take * per) as u64 {
-                return Err(SampleSetError::Config(format!(
-                    "{} is truncated; delete it and re-run to redo that batch",
-                    path.display()
-                )));
-            }
-            left -= take;
-            if left == 0 {
-                break;
-            }
-        }
+        fill(&mut zip)?;
         let w = zip.finish().map_err(zerr)?;
         let file = w
             .into_inner()
@@ -445,4 +422,55 @@ fn assemble(dir: &Path, npz: &Path, n: usize, shape: [usize; 3]) -> Result<(), S
         return Err(e);
     }
     std::fs::rename(&tmp, npz).map_err(io(npz))
+}
+
+/// Writes images already in memory (uint8 `[N, H, W, 3]`, `shape`) as an ADM `.npz` (only
+/// `arr_0`), atomically: e.g. a reference batch of real images.
+pub fn write_images_npz(npz: &Path, shape: [usize; 4], bytes: &[u8]) -> Result<(), SampleSetError> {
+    let [n, h, w, c] = shape;
+    if c != 3 || bytes.len() != n * h * w * c {
+        return Err(SampleSetError::Config(format!(
+            "{} bytes for images {shape:?}: the ADM format is uint8 [N, H, W, 3]",
+            bytes.len()
+        )));
+    }
+    write_arr_0(npz, n, [h, w, 3], |zip| {
+        zip.write_all(bytes).map_err(io(npz))
+    })
+}
+
+/// Streams the parts into `npz`, atomically (see [`write_arr_0`]).
+fn assemble(dir: &Path, npz: &Path, n: usize, shape: [usize; 3]) -> Result<(), SampleSetError> {
+    let parts = contiguous_parts(dir)?;
+    let covered = parts.last().map_or(0, |&(s, l)| s + l);
+    if covered < n {
+        return Err(SampleSetError::Config(format!(
+            "{}: parts cover {covered} of {n} samples",
+            dir.display()
+        )));
+    }
+    let per = shape.iter().product::<usize>();
+    write_arr_0(npz, n, shape, |zip| {
+        let mut left = n;
+        for (s, l) in parts {
+            let path = dir.join(part_name(s, l));
+            let header_len = npy_header("|u1", &[l, shape[0], shape[1], shape[2]]).len();
+            let mut f = File::open(&path).map_err(io(&path))?;
+            let mut header = vec![0u8; header_len];
+            f.read_exact(&mut header).map_err(io(&path))?;
+            let take = l.min(left);
+            let copied = std::io::copy(&mut f.take((take * per) as u64), zip).map_err(io(&path))?;
+            if copied != (take * per) as u64 {
+                return Err(SampleSetError::Config(format!(
+                    "{} is truncated; delete it and re-run to redo that batch",
+                    path.display()
+                )));
+            }
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
+        Ok(())
+    })
 }
