@@ -7,13 +7,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use nag_models::npz::Npz;
-use nag_models::state_dict::StateDict;
 use nag_train::metrics::adm::{
     evaluate, feature_stats, frechet_distance_adm, inception_score, precision_recall,
     read_precomputed_stats, AdmOptions, Progress, IS_SPLIT,
 };
 use nag_train::metrics::fd::FeatureStats;
-use nag_train::metrics::inception::{conv_specs, InceptionV3, INCEPTION_DIM};
+use nag_train::metrics::inception::{InceptionV3, INCEPTION_DIM};
 use nag_train::metrics::prdc::prdc;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -177,37 +176,6 @@ fn npz_written_by_numpy_reads_and_streams() {
 // ---------------------------------------------------------------------------------------------
 // End to end
 
-/// A random state dict with every key of the FID network and `fc.weight`.
-fn random_inception(seed: u64) -> StateDict {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut sd = StateDict::new();
-    for s in conv_specs() {
-        let [kh, kw] = s.kernel;
-        let a = (6.0 / (s.c_in * kh * kw) as f32).sqrt();
-        let n = s.c_out * s.c_in * kh * kw;
-        let w = (0..n).map(|_| rng.random_range(-a..a)).collect();
-        sd.insert(
-            format!("{}.conv.weight", s.name),
-            vec![s.c_out, s.c_in, kh, kw],
-            w,
-        );
-        for (p, lo, hi) in [
-            ("weight", 0.8, 1.2),
-            ("bias", -0.1, 0.1),
-            ("running_mean", -0.1, 0.1),
-            ("running_var", 0.5, 1.5),
-        ] {
-            let v = (0..s.c_out).map(|_| rng.random_range(lo..hi)).collect();
-            sd.insert(format!("{}.bn.{p}", s.name), vec![s.c_out], v);
-        }
-    }
-    let fc = (0..1008 * 2048)
-        .map(|_| rng.random_range(-0.05..0.05))
-        .collect();
-    sd.insert("fc.weight", vec![1008, 2048], fc);
-    sd
-}
-
 /// `np.savez(path, arr_0=images)` for uint8 `[n, h, w, 3]`, built by hand (the tests do not
 /// depend on an npz writer).
 fn write_images(path: &Path, shape: [usize; 4], data: &[u8]) {
@@ -255,7 +223,7 @@ fn evaluate_end_to_end_with_random_weights() {
     write_images(&samples, [4, side, side, 3], &random_images(4, side, 2, 60));
 
     let device = Default::default();
-    let sd = random_inception(11);
+    let sd = nag_train::metrics::inception::random_state_dict(11);
     let net = InceptionV3::<B>::from_state_dict(&sd, "random", &device)
         .unwrap()
         .with_batch(3);

@@ -10,53 +10,19 @@ use burn_autodiff::Autodiff;
 use burn_ndarray::NdArray;
 use nag_core::guidance::Guidance;
 use nag_models::vae::{save_diffusers_folder, Vae, VaeConfig};
-use nag_models::StateDict;
 use nag_train::data::folder::{center_crop_arr, decode_image};
 use nag_train::data::OnError;
 use nag_train::generate::{load_model, SampleConfig, Sampled, SamplerKind};
 use nag_train::image::RgbImage;
 use nag_train::latent_extract::{extract_latents, ExtractConfig};
 use nag_train::metrics::adm::{evaluate, AdmOptions};
-use nag_train::metrics::inception::{conv_specs, InceptionV3};
+use nag_train::metrics::inception::{random_state_dict, InceptionV3};
 use nag_train::sample_set::{sample_set, write_images_npz, LabelMode, SampleSetSpec};
 use nag_train::sampling::FixedVariance;
 use nag_train::train::{train, TrainConfig};
 use nag_train::vae_codec::to_u8_nhwc;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 type B = NdArray<f32>;
-
-/// Every key of the FID network and `fc.weight`, random (as in tests/adm.rs).
-fn random_inception(seed: u64) -> StateDict {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut sd = StateDict::new();
-    for s in conv_specs() {
-        let [kh, kw] = s.kernel;
-        let a = (6.0 / (s.c_in * kh * kw) as f32).sqrt();
-        let n = s.c_out * s.c_in * kh * kw;
-        let w = (0..n).map(|_| rng.random_range(-a..a)).collect();
-        sd.insert(
-            format!("{}.conv.weight", s.name),
-            vec![s.c_out, s.c_in, kh, kw],
-            w,
-        );
-        for (p, lo, hi) in [
-            ("weight", 0.8, 1.2),
-            ("bias", -0.1, 0.1),
-            ("running_mean", -0.1, 0.1),
-            ("running_var", 0.5, 1.5),
-        ] {
-            let v = (0..s.c_out).map(|_| rng.random_range(lo..hi)).collect();
-            sd.insert(format!("{}.bn.{p}", s.name), vec![s.c_out], v);
-        }
-    }
-    let fc = (0..1008 * 2048)
-        .map(|_| rng.random_range(-0.05..0.05))
-        .collect();
-    sd.insert("fc.weight", vec![1008, 2048], fc);
-    sd
-}
 
 /// Two classes of three 20×24 images (a disc or a bar on a gradient).
 fn write_image_folder(root: &Path) {
@@ -185,7 +151,7 @@ fn image_folder_to_latents_to_training_to_npz_to_adm_evaluation() {
     .unwrap();
 
     // 5. The ADM evaluation.
-    let net = InceptionV3::<B>::from_state_dict(&random_inception(5), "random", &device)
+    let net = InceptionV3::<B>::from_state_dict(&random_state_dict(5), "random", &device)
         .unwrap()
         .with_batch(6);
     let report = evaluate(

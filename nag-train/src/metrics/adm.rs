@@ -54,7 +54,7 @@ use burn::tensor::{Tensor, TensorData};
 use nag_models::npz::{ImageRows, Npz};
 use serde::Serialize;
 
-use super::fd::{trace_sqrt_product, trace_sqrt_product_low_rank, FeatureStats};
+use super::fd::{mean_sq_distance, trace_sqrt_of, trace_sqrt_product, FeatureStats};
 use super::inception::{InceptionV3, INCEPTION_DIM, SPATIAL_DIM};
 use super::{check_features, par_rows_mut, MetricsError};
 
@@ -265,18 +265,9 @@ pub fn frechet_distance_adm(a: &FeatureStats, b: &FeatureStats) -> Result<f64, M
             a.dim, b.dim
         )));
     }
-    let mean_term: f64 = a
-        .mean
-        .iter()
-        .zip(&b.mean)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum();
-    let first = match (&a.factor, &b.factor) {
-        (Some(fa), Some(fb)) if a.n * b.n < d * d => trace_sqrt_product_low_rank(fa, fb, d),
-        _ => trace_sqrt_product(&a.cov, &b.cov, d),
-    };
+    let mean_term = mean_sq_distance(a, b);
     let fd = |tr: f64| mean_term + a.trace() + b.trace() - 2.0 * tr;
-    match first {
+    match trace_sqrt_of(a, b) {
         Ok(tr) if fd(tr).is_finite() => return Ok(fd(tr)),
         _ => {}
     }

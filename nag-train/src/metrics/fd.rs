@@ -448,20 +448,28 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64, Metri
             a.dim, b.dim
         )));
     }
-    let mean_term: f64 = a
-        .mean
+    let tr = trace_sqrt_of(a, b)?;
+    Ok((mean_sq_distance(a, b) + a.trace() + b.trace() - 2.0 * tr).max(0.0))
+}
+
+/// `|μ₁ − μ₂|²`.
+pub(crate) fn mean_sq_distance(a: &FeatureStats, b: &FeatureStats) -> f64 {
+    a.mean
         .iter()
         .zip(&b.mean)
         .map(|(x, y)| (x - y).powi(2))
-        .sum();
-    // The data path costs ~n₁n₂d against ~d³ for the covariance path.
-    let tr = match (&a.factor, &b.factor) {
+        .sum()
+}
+
+/// `tr (Σ₁Σ₂)^½` by the cheaper path: from the features' factors when both sets have them and
+/// `n₁n₂ < d²` (~n₁n₂d), else from the covariances (~d³).
+pub(crate) fn trace_sqrt_of(a: &FeatureStats, b: &FeatureStats) -> Result<f64, MetricsError> {
+    match (&a.factor, &b.factor) {
         (Some(fa), Some(fb)) if a.n * b.n < a.dim * a.dim => {
-            trace_sqrt_product_low_rank(fa, fb, a.dim)?
+            trace_sqrt_product_low_rank(fa, fb, a.dim)
         }
-        _ => trace_sqrt_product(&a.cov, &b.cov, a.dim)?,
-    };
-    Ok((mean_term + a.trace() + b.trace() - 2.0 * tr).max(0.0))
+        _ => trace_sqrt_product(&a.cov, &b.cov, a.dim),
+    }
 }
 
 /// [`frechet_distance`] of two `n × dim` row-major feature arrays (each `n ≥ 2`).

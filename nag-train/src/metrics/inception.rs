@@ -606,6 +606,40 @@ pub fn state_dict_shapes() -> Vec<(String, Vec<usize>)> {
     conv_specs().iter().flat_map(ConvSpec::keys).collect()
 }
 
+/// A random state dict with every key the network reads and `fc.weight` (logits), deterministic
+/// in `seed`: convolutions uniform in `±√(6/fan_in)`, batch norms near identity. Its features are
+/// meaningless; for tests of the plumbing (the real weights are not downloadable here).
+pub fn random_state_dict(seed: u64) -> StateDict {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut sd = StateDict::new();
+    for s in conv_specs() {
+        let [kh, kw] = s.kernel;
+        let a = (6.0 / (s.c_in * kh * kw) as f32).sqrt();
+        let n = s.c_out * s.c_in * kh * kw;
+        let w = (0..n).map(|_| rng.random_range(-a..a)).collect();
+        sd.insert(
+            format!("{}.conv.weight", s.name),
+            vec![s.c_out, s.c_in, kh, kw],
+            w,
+        );
+        for (p, lo, hi) in [
+            ("weight", 0.8, 1.2),
+            ("bias", -0.1, 0.1),
+            ("running_mean", -0.1, 0.1),
+            ("running_var", 0.5, 1.5),
+        ] {
+            let v = (0..s.c_out).map(|_| rng.random_range(lo..hi)).collect();
+            sd.insert(format!("{}.bn.{p}", s.name), vec![s.c_out], v);
+        }
+    }
+    let fc = (0..1008 * INCEPTION_DIM)
+        .map(|_| rng.random_range(-0.05..0.05))
+        .collect();
+    sd.insert("fc.weight", vec![1008, INCEPTION_DIM], fc);
+    sd
+}
+
 // ---------------------------------------------------------------------------------------------
 // Layers
 
