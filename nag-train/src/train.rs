@@ -143,6 +143,11 @@ pub struct TrainConfig {
     /// Attention heads of the `init` network when its hidden size is not a standard one
     /// (DiT's sizes 384/768/1024/1152 imply 6/12/16/16).
     pub init_heads: Option<usize>,
+    /// Fine-tune `init` onto the data's own label set: the label table is rebuilt with
+    /// `K + 1` rows (`K` = the data's classes, last = null), drawn `N(0, 0.02)` from the run's
+    /// seed as at initialisation; everything else is loaded. Without it the data's class count
+    /// must equal the file's.
+    pub new_classes: bool,
 }
 
 impl Default for TrainConfig {
@@ -175,6 +180,7 @@ impl Default for TrainConfig {
             threads: 1,
             init: None,
             init_heads: None,
+            new_classes: false,
         }
     }
 }
@@ -317,10 +323,15 @@ impl TrainConfig {
                         cfg.in_channels, cfg.input_size, cfg.input_size
                     )));
                 }
-                if dataset.num_classes() > cfg.num_classes {
+                let mut cfg = cfg;
+                let k = dataset.num_classes();
+                if self.new_classes {
+                    cfg.num_classes = k;
+                } else if k != cfg.num_classes {
                     return Err(TrainError::Config(format!(
-                        "the data has labels up to {} but --init has {} classes",
-                        dataset.num_classes() - 1,
+                        "the data has {k} classes but --init has {}: pass --new-classes to \
+                         fine-tune onto the data's {k} classes (a fresh label table, the rest of \
+                         the network loaded)",
                         cfg.num_classes
                     )));
                 }
@@ -344,6 +355,23 @@ impl TrainConfig {
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// Replaces the label table of `sd` by a fresh one for `config`'s classes (`N(0, 0.02)`, the
+/// reference's init, from `seed`), or removes it for an unconditional config.
+fn rebuild_label_table(sd: &mut StateDict, config: &DitConfig, seed: u64) {
+    use rand::SeedableRng;
+    const KEY: &str = "y_embedder.embedding_table.weight";
+    sd.tensors.remove(KEY);
+    let rows = config.label_table_rows();
+    if rows == 0 {
+        return;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6e65_775f_6c61_6265);
+    let values: Vec<f32> = (0..rows * config.hidden_size)
+        .map(|_| 0.02 * rng.sample::<f32, _>(rand_distr::StandardNormal))
+        .collect();
+    sd.insert(KEY, vec![rows, config.hidden_size], values);
 }
 
 /// Progress reported to the caller every `log_every` steps.
@@ -545,11 +573,14 @@ pub fn train<B: AutodiffBackend>(
         ..DataOptions::default()
     };
     let dataset: Arc<dyn Dataset> = Arc::from(open_dataset(&cfg.data, &data_opts)?);
-    let init = match &cfg.init {
+    let mut init = match &cfg.init {
         Some(path) => Some(nag_models::checkpoint::load_state_dict(path, &Default::default())?.0),
         None => None,
     };
     let model_cfg = cfg.model_config(dataset.as_ref(), init.as_ref())?;
+    if let (Some(sd), true) = (init.as_mut(), cfg.new_classes) {
+        rebuild_label_table(sd, &model_cfg, cfg.seed);
+    }
     // Only once the data and the model are known to be usable: a bad option leaves no run.
     io(run_dir, fs::create_dir_all(run_dir.join("checkpoints")))?;
     // burn's initialisers draw from the backend's process-wide RNG: seed and initialise under

@@ -134,8 +134,9 @@ fn unreadable_files_are_skipped_and_counted_or_stop_the_run() {
 }
 
 /// Fine-tuning an official-architecture checkpoint (the torch f32 fixture: 4×8×8 latents, 10
-/// classes, no null-t vector) on latents that use only labels 0..3: the run keeps the file's
-/// 10 classes and its weights, adds the null-t vector, and data of another shape is refused.
+/// classes, no null-t vector) on latents with 4 classes: refused unless `--new-classes`, which
+/// rebuilds the label table and loads the rest (null-t vector added); data of another shape is
+/// refused.
 #[test]
 fn init_takes_the_architecture_from_the_file() {
     let base = std::env::temp_dir().join(format!("nag-init-{}", std::process::id()));
@@ -171,6 +172,24 @@ fn init_takes_the_architecture_from_the_file() {
         ..small_run()
     };
     let device = Default::default();
+    // The data's 4 classes against the file's 10: refused, naming both and the flag ...
+    let msg = train::<B>(&cfg, &base.join("refused"), false, &device, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("4 classes") && msg.contains("10") && msg.contains("--new-classes"),
+        "{msg}"
+    );
+    assert!(
+        !base.join("refused").exists(),
+        "a refused run leaves no folder"
+    );
+    // ... and with --new-classes the label table is rebuilt (4 + null rows), the rest loaded.
+    let cfg = TrainConfig {
+        new_classes: true,
+        lr: 1e-12,
+        ..cfg
+    };
     train::<B>(&cfg, &base.join("run"), false, &device, |_| {}).unwrap();
     let (sd, config) =
         nag_models::checkpoint::load_model_files(&base.join("run").join("ema.safetensors"))
@@ -178,13 +197,21 @@ fn init_takes_the_architecture_from_the_file() {
     let config: nag_models::DitConfig = serde_json::from_str(&config).unwrap();
     assert_eq!(
         (config.num_classes, config.hidden_size, config.depth),
-        (10, 32, 2)
+        (4, 32, 2)
     );
     assert!(config.null_timestep);
     assert_eq!(
         sd.get("y_embedder.embedding_table.weight").unwrap().shape,
-        vec![11, 32]
+        vec![5, 32]
     );
+    // lr 1e-12: the loaded weights are the file's (up to an Adam step and the EMA's rounding).
+    let (file, _) = nag_models::checkpoint::load_state_dict(&init, &Default::default()).unwrap();
+    let key = "blocks.1.attn.qkv.weight";
+    let (ours, theirs) = (&sd.get(key).unwrap().data, &file.get(key).unwrap().data);
+    assert!(ours
+        .iter()
+        .zip(theirs)
+        .all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + b.abs())));
 
     let wrong = write_latents("wrong", [8, 4, 16, 16]);
     let cfg = TrainConfig {

@@ -97,6 +97,10 @@ pub struct TrainArgs {
     /// With --init: attention heads, when the file's hidden size is not a standard one.
     #[arg(long, requires = "init")]
     pub init_heads: Option<usize>,
+    /// With --init: fine-tune onto the data's own classes (a fresh label table of K + 1 rows,
+    /// the rest of the network loaded). Without it the class counts must match.
+    #[arg(long, requires = "init")]
+    pub new_classes: bool,
     /// Run directory.
     #[arg(long, default_value = "runs/default")]
     pub out: PathBuf,
@@ -168,6 +172,9 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(h) = args.init_heads {
         cfg.init_heads = Some(h);
+    }
+    if args.new_classes {
+        cfg.new_classes = true;
     }
     if let Some(v) = &args.init {
         cfg.init = Some(v.clone());
