@@ -24,6 +24,13 @@
 //! - CFG+NAG, four branches: NAG inside both class branches, then CFG:
 //!   `n_c = (w+1)·out(t,c) − w·out(∅t,c)`, `n_∅ = (w+1)·out(t,∅) − w·out(∅t,∅)`,
 //!   `out = n_∅ + s·(n_c − n_∅)`.
+//! - Domain Guidance (DoG, Zhong et al. 2025, arXiv 2504.01521; [`Guidance::dog`]): CFG whose
+//!   unconditional branch comes from the *pre-trained* (reference) model `pre` a fine-tuned
+//!   model `ft` started from: `out = pre(t,∅) + s·(ft(t,c) − pre(t,∅))`; with NAG (three-branch
+//!   form, the fine-tuned model's noise-dropped branch)
+//!   `out = pre(t,∅) + s·(ft(t,c) − pre(t,∅)) + w·(ft(t,c) − ft(∅t,c))`.
+//!   Such a branch is marked [`Branch::reference`]; the sampler runs each model's branches in
+//!   one batch.
 //!
 //! Each weight can be limited to an interval `[τ_lo, τ_hi]` outside which it is off, and the
 //! combination can be limited to the first `k` channels (the reference DiT guides only 3 of its
@@ -36,13 +43,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Which conditions a network evaluation drops.
+/// Which conditions a network evaluation drops, and which model evaluates it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Branch {
     /// The noise condition is replaced by the learned null-timestep embedding.
     pub null_t: bool,
     /// The class label is replaced by the null class.
     pub null_class: bool,
+    /// Evaluated by the reference (pre-trained) model instead of the guided one (DoG).
+    #[serde(default)]
+    pub reference: bool,
 }
 
 impl Branch {
@@ -50,22 +60,40 @@ impl Branch {
     pub const COND: Branch = Branch {
         null_t: false,
         null_class: false,
+        reference: false,
     };
     /// (t, ∅): class dropped (CFG's unconditional branch).
     pub const NULL_CLASS: Branch = Branch {
         null_t: false,
         null_class: true,
+        reference: false,
     };
     /// (∅t, c): noise condition dropped (NAG's branch).
     pub const NULL_T: Branch = Branch {
         null_t: true,
         null_class: false,
+        reference: false,
     };
     /// (∅t, ∅): both dropped (four-branch CFG+NAG).
     pub const NULL_BOTH: Branch = Branch {
         null_t: true,
         null_class: true,
+        reference: false,
     };
+    /// (t, ∅) of the reference (pre-trained) model: DoG's unconditional branch.
+    pub const REFERENCE_NULL_CLASS: Branch = Branch {
+        null_t: false,
+        null_class: true,
+        reference: true,
+    };
+
+    /// The same conditions, evaluated by the guided model.
+    pub const fn on_guided_model(self) -> Branch {
+        Branch {
+            reference: false,
+            ..self
+        }
+    }
 }
 
 /// A closed interval of τ (paper clock) in which a guidance weight is active.
@@ -111,6 +139,9 @@ pub struct Guidance {
     pub guided_channels: Option<usize>,
     /// The CFG+NAG form.
     pub form: CfgNagForm,
+    /// Domain Guidance: CFG's unconditional branch comes from the reference (pre-trained)
+    /// model ([`Branch::REFERENCE_NULL_CLASS`]).
+    pub dog: bool,
 }
 
 impl Default for Guidance {
@@ -141,6 +172,7 @@ impl Guidance {
             nag_interval: None,
             guided_channels: None,
             form: CfgNagForm::ThreeBranch,
+            dog: false,
         }
     }
 
@@ -166,8 +198,25 @@ impl Guidance {
         g
     }
 
-    /// Checks the setting: finite weights, intervals inside [0, 1] with lo ≤ hi, k ≥ 1.
+    /// Domain Guidance with scale `s` (and NAG weight `w`, 0 = off): CFG against the
+    /// reference model's unconditional output.
+    pub const fn dog(s: f64, w: f64) -> Self {
+        let mut g = Self::cfg_nag(s, w);
+        g.dog = true;
+        g
+    }
+
+    /// Checks the setting: finite weights, intervals inside [0, 1] with lo ≤ hi, k ≥ 1, DoG
+    /// only in the three-branch form.
     pub fn validate(&self) -> Result<()> {
+        if self.dog && self.form == CfgNagForm::FourBranch && self.uses_nag() {
+            return Err(Error::OutOfRange {
+                name: "form",
+                value: 4.0,
+                expected: "the three-branch form with DoG (the four-branch form would need the \
+                           pre-trained model's noise-dropped branch, which it does not have)",
+            });
+        }
         if !self.cfg_scale.is_finite() {
             return Err(Error::OutOfRange {
                 name: "cfg_scale",
@@ -221,6 +270,11 @@ impl Guidance {
         self.nag_scale != 0.0
     }
 
+    /// Whether some τ needs the reference model (DoG with CFG on).
+    pub fn uses_reference(&self) -> bool {
+        self.dog && self.uses_cfg()
+    }
+
     /// Effective `(s, w)` at τ: a weight is off (s = 1, w = 0) outside its interval.
     pub fn weights_at(&self, tau: f64) -> (f64, f64) {
         let s = match self.cfg_interval {
@@ -246,9 +300,14 @@ impl Guidance {
                 [s * (w + 1.0), (1.0 - s) * (w + 1.0), -s * w, -(1.0 - s) * w]
             }
         };
+        let unconditional = if self.dog {
+            Branch::REFERENCE_NULL_CLASS
+        } else {
+            Branch::NULL_CLASS
+        };
         let all = [
             Branch::COND,
-            Branch::NULL_CLASS,
+            unconditional,
             Branch::NULL_T,
             Branch::NULL_BOTH,
         ];
@@ -391,6 +450,33 @@ mod tests {
             assert_eq!(p.branches, vec![Branch::COND]);
             assert_eq!(p.coefs, vec![1.0]);
         }
+    }
+
+    #[test]
+    fn dog_takes_the_unconditional_branch_from_the_reference_model() {
+        let dog = Guidance::dog(2.5, 1.5).plan(0.5);
+        let cfg_nag = Guidance::cfg_nag(2.5, 1.5).plan(0.5);
+        assert_eq!(
+            dog.branches,
+            [Branch::COND, Branch::REFERENCE_NULL_CLASS, Branch::NULL_T]
+        );
+        assert_eq!(dog.coefs, cfg_nag.coefs);
+        assert_eq!(
+            Branch::REFERENCE_NULL_CLASS.on_guided_model(),
+            Branch::NULL_CLASS
+        );
+        // Without CFG DoG needs no reference; the four-branch form with NAG is refused.
+        assert!(!Guidance::dog(1.0, 2.0).uses_reference());
+        assert!(!Guidance::dog(1.0, 2.0)
+            .plan(0.5)
+            .branches
+            .iter()
+            .any(|b| b.reference));
+        let mut four = Guidance::dog(2.0, 1.0);
+        four.form = CfgNagForm::FourBranch;
+        assert!(four.validate().is_err());
+        four.nag_scale = 0.0;
+        assert!(four.validate().is_ok());
     }
 
     #[test]

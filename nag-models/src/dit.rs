@@ -1344,14 +1344,13 @@ impl<B: Backend> Dit<B> {
 
     /// Guided output: evaluates the plan's branches (masks from
     /// [`Branch::null_t`](nag_core::guidance::Branch) / `null_class`) as ONE batch of
-    /// `N · plan.len()` samples, then `Σ_b k_b·out_b` ([`GuidancePlan::combine`]) on the ε /
-    /// velocity channels. With `learn_sigma` the combination covers the first `C` channels
-    /// and the variance channels come from the (t, c) branch (REFERENCE §1 **\[choice\]**);
-    /// `plan.guided_channels` may restrict the guided channels further.
+    /// `N · plan.len()` samples ([`Self::forward_branches`]), then `Σ_b k_b·out_b`
+    /// ([`Self::combine_branches`]).
     ///
     /// Inputs are checked as in [`Self::try_forward`]; a plan needing a null class on an
-    /// unconditional model (or one without a null row), or a null-t branch on a model
-    /// without `null_timestep`, is an error naming the fix.
+    /// unconditional model (or one without a null row), a null-t branch on a model without
+    /// `null_timestep`, or a reference-model branch (DoG: the sampler's two-model wrapper runs
+    /// those) is an error naming the fix.
     pub fn forward_guided(
         &self,
         x: Tensor<B, 4>,
@@ -1359,16 +1358,43 @@ impl<B: Backend> Dit<B> {
         y: Tensor<B, 1, Int>,
         plan: &GuidancePlan,
     ) -> Result<Tensor<B, 4>, ModelError> {
+        if plan.branches.iter().any(|b| b.reference) {
+            return Err(ModelError::Unsupported(
+                "the plan has a reference-model branch (Domain Guidance): evaluate it with \
+                 the pre-trained model (the sampler's GuidedDit with a reference)"
+                    .into(),
+            ));
+        }
+        let outs = self.forward_branches(x, t, y, &plan.branches)?;
+        self.combine_branches(plan, &outs)
+    }
+
+    /// The outputs of `branches` (their `reference` flags ignored: this model evaluates them
+    /// all) for the same `(x, t, y)`, as ONE batch of `N · branches.len()` samples.
+    pub fn forward_branches(
+        &self,
+        x: Tensor<B, 4>,
+        t: Tensor<B, 1>,
+        y: Tensor<B, 1, Int>,
+        branches: &[nag_core::guidance::Branch],
+    ) -> Result<Vec<Tensor<B, 4>>, ModelError> {
         self.check_inputs(&x, &t, &y)?;
-        self.check_plan(plan)?;
+        if branches.is_empty() {
+            return Err(ModelError::InvalidInput("no branches to evaluate".into()));
+        }
+        if branches.iter().any(|b| b.null_class) {
+            self.check_null_class()?;
+        }
+        if branches.iter().any(|b| b.null_t) {
+            self.check_null_t()?;
+        }
         self.check_labels(&y)?;
         let n = x.dims()[0];
-        let k = plan.len();
+        let k = branches.len();
         let device = x.device();
         let mask = |pick: fn(&nag_core::guidance::Branch) -> bool| {
-            plan.branches.iter().any(pick).then(|| {
-                let values: Vec<bool> = plan
-                    .branches
+            branches.iter().any(pick).then(|| {
+                let values: Vec<bool> = branches
                     .iter()
                     .flat_map(|b| std::iter::repeat_n(pick(b), n))
                     .collect();
@@ -1384,15 +1410,27 @@ impl<B: Backend> Dit<B> {
             null_t,
             null_class,
         );
-        let outs: Vec<Tensor<B, 4>> = (0..k).map(|i| out.clone().narrow(0, i * n, n)).collect();
+        Ok((0..k).map(|i| out.clone().narrow(0, i * n, n)).collect())
+    }
+
+    /// `Σ_b k_b·outs[b]` ([`GuidancePlan::combine`]) on the ε / velocity channels. With
+    /// `learn_sigma` the combination covers the first `C` channels and the variance channels
+    /// come from the (t, c) branch `outs[0]` (REFERENCE §1 **\[choice\]**); other branches may
+    /// have `C` or `2C` channels (a reference model without learned σ);
+    /// `plan.guided_channels` may restrict the guided channels further.
+    pub fn combine_branches(
+        &self,
+        plan: &GuidancePlan,
+        outs: &[Tensor<B, 4>],
+    ) -> Result<Tensor<B, 4>, ModelError> {
+        let c = self.config.in_channels;
+        let eps: Vec<Tensor<B, 4>> = outs.iter().map(|o| o.clone().narrow(1, 0, c)).collect();
+        let guided = plan.combine(&eps)?;
         if self.config.learn_sigma {
-            let c = self.config.in_channels;
-            let eps: Vec<Tensor<B, 4>> = outs.iter().map(|o| o.clone().narrow(1, 0, c)).collect();
-            let guided = plan.combine(&eps)?;
             let variance = outs[0].clone().narrow(1, c, c);
             Ok(Tensor::cat(vec![guided, variance], 1))
         } else {
-            Ok(plan.combine(&outs)?)
+            Ok(guided)
         }
     }
 
@@ -1572,21 +1610,6 @@ impl<B: Backend> Dit<B> {
             )),
             Some(_) => Ok(()),
         }
-    }
-
-    fn check_plan(&self, plan: &GuidancePlan) -> Result<(), ModelError> {
-        if plan.is_empty() {
-            return Err(ModelError::InvalidInput(
-                "guidance plan has no branches".into(),
-            ));
-        }
-        if plan.branches.iter().any(|b| b.null_class) {
-            self.check_null_class()?;
-        }
-        if plan.branches.iter().any(|b| b.null_t) {
-            self.check_null_t()?;
-        }
-        Ok(())
     }
 
     fn check_labels(&self, y: &Tensor<B, 1, Int>) -> Result<(), ModelError> {

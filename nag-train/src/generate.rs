@@ -128,6 +128,13 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Dit<B>,
 pub enum Sampled<'a, B: Backend> {
     /// A trained network.
     Network(&'a Dit<B>),
+    /// A fine-tuned network guided against its pre-trained reference (Domain Guidance).
+    WithReference {
+        /// The fine-tuned network.
+        model: &'a Dit<B>,
+        /// The model it was fine-tuned from.
+        reference: &'a Dit<B>,
+    },
     /// The oracle, producing states of `shape` (`[C, H, W]`, the gmm data's) on `device`.
     Oracle {
         /// The exact model.
@@ -164,8 +171,17 @@ impl<B: Backend> Sampled<'_, B> {
     ) -> Result<Tensor<B, 4>, GenerateError> {
         match self {
             Self::Network(model) => {
-                generate_with_noise(model, labels, guidance, cfg, noise, callback)
+                generate_with_noise(model, None, labels, guidance, cfg, noise, callback)
             }
+            Self::WithReference { model, reference } => generate_with_noise(
+                model,
+                Some(reference),
+                labels,
+                guidance,
+                cfg,
+                noise,
+                callback,
+            ),
             Self::Oracle {
                 oracle,
                 shape,
@@ -195,6 +211,7 @@ pub fn generate<B: Backend>(
 ) -> Result<Tensor<B, 4>, GenerateError> {
     generate_with_noise(
         model,
+        None,
         labels,
         guidance,
         cfg,
@@ -203,9 +220,11 @@ pub fn generate<B: Backend>(
     )
 }
 
-/// [`generate`] with the given noise source.
+/// [`generate`] with the given noise source and, for Domain Guidance, the pre-trained
+/// reference model ([`GuidedDit::with_reference`]).
 pub fn generate_with_noise<B: Backend>(
     model: &Dit<B>,
+    reference: Option<&Dit<B>>,
     labels: &[i64],
     guidance: Guidance,
     cfg: &SampleConfig,
@@ -216,7 +235,11 @@ pub fn generate_with_noise<B: Backend>(
         return Err(GenerateError::Config("--n must be at least 1".into()));
     }
     let mc = model.config();
-    let mut guided = GuidedDit::new(model, labels, guidance)?.with_threads(cfg.threads);
+    let guided = match reference {
+        Some(reference) => GuidedDit::with_reference(model, reference, labels, guidance)?,
+        None => GuidedDit::new(model, labels, guidance)?,
+    };
+    let mut guided = guided.with_threads(cfg.threads);
     let shape = [labels.len(), mc.in_channels, mc.input_size, mc.input_size];
     let ddpm_model = mc.time_input == TimeInput::DdpmIndex;
     sample_with_noise(

@@ -1,9 +1,11 @@
 //! Guidance as a wrapper around the network: a [`GuidedDit`] is a [`DiffusionModel`] whose
 //! every evaluation runs the branches of one [`Guidance`] setting in one batched forward and
-//! combines them. Samplers never see guidance.
+//! combines them. Samplers never see guidance. With Domain Guidance a second, reference
+//! (pre-trained) model evaluates the branches marked [`Branch::reference`], in one batched
+//! forward of its own.
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-use nag_core::guidance::Guidance;
+use nag_core::guidance::{Branch, Guidance, GuidancePlan};
 use nag_core::prediction::Prediction;
 use nag_models::dit::{Dit, ModelError, TimeInput};
 
@@ -21,17 +23,21 @@ pub fn network_time(input: TimeInput, at: TimePoint) -> f64 {
     }
 }
 
-/// A DiT/SiT with fixed class labels and a guidance setting.
+/// A DiT/SiT with fixed class labels and a guidance setting (and, for DoG, the pre-trained
+/// reference model).
 pub struct GuidedDit<'a, B: Backend> {
     model: &'a Dit<B>,
+    reference: Option<&'a Dit<B>>,
     labels: Tensor<B, 1, Int>,
     guidance: Guidance,
     /// Batch chunks evaluated concurrently per network evaluation (see [`Self::with_threads`]).
     threads: usize,
     /// Network evaluations so far, counted per sample-branch batch (one per `predict`).
     pub calls: usize,
-    /// Branch evaluations so far (`calls` × branches).
+    /// Branch evaluations so far (`calls` × branches), both models.
     pub branch_evals: usize,
+    /// Of those, the reference model's.
+    pub reference_evals: usize,
 }
 
 impl<'a, B: Backend> GuidedDit<'a, B> {
@@ -39,9 +45,61 @@ impl<'a, B: Backend> GuidedDit<'a, B> {
     /// Checks up front that the model can evaluate every branch the guidance may need, so
     /// sampling itself cannot fail half-way.
     pub fn new(model: &'a Dit<B>, labels: &[i64], guidance: Guidance) -> Result<Self, ModelError> {
+        Self::build(model, None, labels, guidance)
+    }
+
+    /// [`Self::new`] for Domain Guidance: `reference` is the pre-trained model `model` was
+    /// fine-tuned from; it evaluates the unconditional branch with its own null class (the
+    /// labels of `model`'s label set are not fed to it). It must take the same inputs and
+    /// clock, and have a null class.
+    pub fn with_reference(
+        model: &'a Dit<B>,
+        reference: &'a Dit<B>,
+        labels: &[i64],
+        guidance: Guidance,
+    ) -> Result<Self, ModelError> {
+        let (m, r) = (model.config(), reference.config());
+        if (m.in_channels, m.input_size, m.time_input)
+            != (r.in_channels, r.input_size, r.time_input)
+        {
+            return Err(ModelError::Unsupported(format!(
+                "the reference model takes {}×{}×{} inputs ({:?}) but the fine-tuned one \
+                 {}×{}×{} ({:?}): DoG needs the model the fine-tuning started from",
+                r.in_channels,
+                r.input_size,
+                r.input_size,
+                r.time_input,
+                m.in_channels,
+                m.input_size,
+                m.input_size,
+                m.time_input
+            )));
+        }
+        if !r.has_null_class() {
+            return Err(ModelError::Unsupported(
+                "the reference model has no null class (trained without label dropout): DoG \
+                 needs its unconditional output"
+                    .into(),
+            ));
+        }
+        Self::build(model, Some(reference), labels, guidance)
+    }
+
+    fn build(
+        model: &'a Dit<B>,
+        reference: Option<&'a Dit<B>>,
+        labels: &[i64],
+        guidance: Guidance,
+    ) -> Result<Self, ModelError> {
         guidance.validate()?;
+        // A reference the guidance never asks for (e.g. DoG at s = 1) is simply unused.
+        if guidance.uses_reference() && reference.is_none() {
+            return Err(ModelError::Unsupported(
+                "Domain Guidance needs the pre-trained reference model (--dog PRETRAINED)".into(),
+            ));
+        }
         let cfg = model.config();
-        if guidance.uses_cfg() && (cfg.num_classes == 0 || !cfg.has_null_class()) {
+        if guidance.uses_cfg() && !guidance.dog && (cfg.num_classes == 0 || !cfg.has_null_class()) {
             return Err(ModelError::Unsupported(
                 "CFG needs a class-conditional model trained with label dropout (a null class); \
                  drop --cfg or use a conditional model"
@@ -60,11 +118,13 @@ impl<'a, B: Backend> GuidedDit<'a, B> {
         let labels = Tensor::from_data(TensorData::new(labels.to_vec(), [labels.len()]), &device);
         Ok(Self {
             model,
+            reference,
             labels,
             guidance,
             threads: 1,
             calls: 0,
             branch_evals: 0,
+            reference_evals: 0,
         })
     }
 
@@ -97,16 +157,17 @@ impl<B: Backend> DiffusionModel<B> for GuidedDit<'_, B> {
         let plan = self.guidance.plan(at.tau);
         self.calls += 1;
         self.branch_evals += plan.len();
+        self.reference_evals += plan.branches.iter().filter(|b| b.reference).count();
         let time = self.network_time(at);
-        let forward = |model: &Dit<B>, x: Tensor<B, 4>, labels: Tensor<B, 1, Int>| {
+        let (model, reference) = (self.model, self.reference);
+        let forward = |x: Tensor<B, 4>, labels: Tensor<B, 1, Int>| {
             let t = Tensor::<B, 1>::full([x.dims()[0]], time, &x.device());
-            model
-                .forward_guided(x, t, labels, &plan)
+            evaluate_plan(model, reference, x, t, labels, &plan)
                 .expect("inputs and plan were checked when the GuidedDit was built")
         };
         let chunk = n.div_ceil(self.threads.min(n).max(1));
         let out = if chunk >= n {
-            forward(self.model, x, self.labels.clone())
+            forward(x, self.labels.clone())
         } else {
             let parts: Vec<Tensor<B, 4>> = std::thread::scope(|scope| {
                 let handles: Vec<_> = (0..n)
@@ -115,8 +176,8 @@ impl<B: Backend> DiffusionModel<B> for GuidedDit<'_, B> {
                         let len = chunk.min(n - start);
                         let x = x.clone().narrow(0, start, len);
                         let labels = self.labels.clone().narrow(0, start, len);
-                        let (model, forward) = (self.model.clone(), &forward);
-                        scope.spawn(move || forward(&model, x, labels))
+                        let forward = &forward;
+                        scope.spawn(move || forward(x, labels))
                     })
                     .collect();
                 handles
@@ -135,4 +196,43 @@ impl<B: Backend> DiffusionModel<B> for GuidedDit<'_, B> {
         };
         ModelOutput { pred, var_interp }
     }
+}
+
+/// Evaluates `plan`'s branches, the guided model's in one batch and the reference model's
+/// (DoG) in another, and combines them in plan order ([`Dit::combine_branches`]). The
+/// reference is fed zero labels: its only branch is its own null class.
+fn evaluate_plan<B: Backend>(
+    model: &Dit<B>,
+    reference: Option<&Dit<B>>,
+    x: Tensor<B, 4>,
+    t: Tensor<B, 1>,
+    labels: Tensor<B, 1, Int>,
+    plan: &GuidancePlan,
+) -> Result<Tensor<B, 4>, ModelError> {
+    let Some(reference) = reference.filter(|_| plan.branches.iter().any(|b| b.reference)) else {
+        return model.forward_guided(x, t, labels, plan);
+    };
+    type Indexed = Vec<(usize, Branch)>;
+    let (theirs, ours): (Indexed, Indexed) = plan
+        .branches
+        .iter()
+        .copied()
+        .enumerate()
+        .partition(|(_, b)| b.reference);
+    let pick = |v: &[(usize, Branch)]| -> Vec<Branch> {
+        v.iter().map(|(_, b)| b.on_guided_model()).collect()
+    };
+    let n = x.dims()[0];
+    let zeros = Tensor::<B, 1, Int>::zeros([n], &x.device());
+    let mine = model.forward_branches(x.clone(), t.clone(), labels, &pick(&ours))?;
+    let refs = reference.forward_branches(x, t, zeros, &pick(&theirs))?;
+    let mut outs: Vec<Option<Tensor<B, 4>>> = vec![None; plan.len()];
+    for ((i, _), o) in ours.iter().zip(mine).chain(theirs.iter().zip(refs)) {
+        outs[*i] = Some(o);
+    }
+    let outs: Vec<Tensor<B, 4>> = outs
+        .into_iter()
+        .map(|o| o.expect("every branch evaluated"))
+        .collect();
+    model.combine_branches(plan, &outs)
 }

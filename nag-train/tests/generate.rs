@@ -32,12 +32,17 @@ fn pseudo(seed: u64, n: usize, scale: f32) -> Vec<f32> {
 /// The tiny preset at 8×8×3 with every weight but the position table pseudo-random, so that
 /// every branch (class, null class, null timestep) gives a different, non-zero output.
 fn random_tiny() -> Dit<B> {
+    random_tiny_seeded(0)
+}
+
+/// [`random_tiny`] with other pseudo-random weights for `offset ≠ 0`.
+fn random_tiny_seeded(offset: u64) -> Dit<B> {
     let config = DitConfig::preset("tiny", 8, 3, 10).unwrap();
     let device = Default::default();
     let mut sd = config.init::<B>(&device).unwrap().to_state_dict();
     for (i, (key, t)) in sd.tensors.iter_mut().enumerate() {
         if key != "pos_embed" {
-            t.data = pseudo(i as u64 + 1, t.data.len(), 0.1);
+            t.data = pseudo(i as u64 + 1 + offset, t.data.len(), 0.1);
         }
     }
     config
@@ -117,9 +122,15 @@ impl DiffusionModel<B> for Recorded<'_> {
 /// One DDIM run of 10 steps on 2 samples: (τ, branches) of every network evaluation, and the
 /// samples.
 fn recorded_run(model: &Dit<B>, guidance: Guidance) -> (Vec<(f64, usize)>, Vec<f32>) {
+    let (steps, samples, _) = recorded_guided(GuidedDit::new(model, &[2, 5], guidance).unwrap());
+    (steps, samples)
+}
+
+/// [`recorded_run`] of any wrapper; also returns the reference model's branch evaluations.
+fn recorded_guided(guided: GuidedDit<'_, B>) -> (Vec<(f64, usize)>, Vec<f32>, usize) {
     let schedule = DdpmSchedule::dit().with_steps(10).unwrap();
     let mut recorded = Recorded {
-        guided: GuidedDit::new(model, &[2, 5], guidance).unwrap(),
+        guided,
         steps: Vec::new(),
     };
     let x = Tensor::<B, 4>::from_data(
@@ -135,7 +146,50 @@ fn recorded_run(model: &Dit<B>, guidance: Guidance) -> (Vec<(f64, usize)>, Vec<f
         None,
     )
     .unwrap();
-    (recorded.steps, out.into_data().to_vec::<f32>().unwrap())
+    let reference_evals = recorded.guided.reference_evals;
+    (
+        recorded.steps,
+        out.into_data().to_vec::<f32>().unwrap(),
+        reference_evals,
+    )
+}
+
+/// Domain Guidance: with the same model as its own reference it is CFG to the last bit (the
+/// reference's branch runs in a batch of its own, and a sample's arithmetic does not depend on
+/// its batch); each step runs the plan's three branches, one of them on the reference; another
+/// reference changes the samples.
+#[test]
+fn dog_with_the_model_as_its_own_reference_is_cfg_to_the_last_bit() {
+    let model = random_tiny();
+    let labels = [2, 5];
+    let (cfg_steps, cfg, _) =
+        recorded_guided(GuidedDit::new(&model, &labels, Guidance::cfg_nag(2.0, 1.5)).unwrap());
+    let (dog_steps, dog, reference_evals) = recorded_guided(
+        GuidedDit::with_reference(&model, &model, &labels, Guidance::dog(2.0, 1.5)).unwrap(),
+    );
+    assert!(dog == cfg, "DoG with the same model differs from CFG+NAG");
+    assert_eq!(dog_steps, cfg_steps);
+    assert!(dog_steps.iter().all(|s| s.1 == 3));
+    assert_eq!(reference_evals, 10, "one reference branch per step");
+
+    let other = random_tiny_seeded(100);
+    let (_, moved, _) = recorded_guided(
+        GuidedDit::with_reference(&model, &other, &labels, Guidance::dog(2.0, 1.5)).unwrap(),
+    );
+    assert!(moved != cfg, "another reference changes the samples");
+
+    // DoG without a reference, and a reference without a null class, are errors.
+    assert!(GuidedDit::new(&model, &labels, Guidance::dog(2.0, 0.0)).is_err());
+    let no_null = DitConfig::preset("tiny", 8, 3, 10)
+        .unwrap()
+        .with_class_dropout_prob(0.0)
+        .init::<B>(&Default::default())
+        .unwrap();
+    let msg = GuidedDit::with_reference(&model, &no_null, &labels, Guidance::dog(2.0, 0.0))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("null class"), "{msg}");
 }
 
 #[test]

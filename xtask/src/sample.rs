@@ -78,6 +78,11 @@ pub struct SampleArgs {
     /// With --npz: samples per batch (does not change the images).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Domain Guidance: the pre-trained model (a run folder or weights file) this one was
+    /// fine-tuned from; CFG's unconditional branch comes from it:
+    /// `pre(t,∅) + s·(ft(t,c) − pre(t,∅)) [+ w·(ft(t,c) − ft(∅t,c))]` with --cfg S [--nag W].
+    #[arg(long, value_name = "PRETRAINED", conflicts_with = "compare")]
+    pub dog: Option<PathBuf>,
     /// With --npz: the same number of samples per class (label i = i mod classes) instead of
     /// i.i.d. uniform labels as DiT's sample_ddp.py draws them.
     #[arg(long, conflicts_with = "class")]
@@ -103,7 +108,17 @@ struct Task<'a> {
 }
 
 fn load<B: Backend>(args: &SampleArgs, device: &B::Device) -> Result<Dit<B>> {
-    if let Some(run) = &args.run {
+    let Some(path) = args.run.as_ref().or(args.weights.as_ref()) else {
+        bail!("give --run RUN_DIR or --weights FILE");
+    };
+    load_path(path, args, device)
+}
+
+/// A network from a `train` run folder (its EMA weights) or a weights file (`--kind`,
+/// `--heads` apply).
+fn load_path<B: Backend>(path: &Path, args: &SampleArgs, device: &B::Device) -> Result<Dit<B>> {
+    if path.is_dir() {
+        let run = path;
         let path = run.join("ema.safetensors");
         if !path.is_file() {
             bail!(
@@ -114,9 +129,7 @@ fn load<B: Backend>(args: &SampleArgs, device: &B::Device) -> Result<Dit<B>> {
         return load_model::<B>(&path, device)
             .with_context(|| format!("loading {}", path.display()));
     }
-    let Some(weights) = &args.weights else {
-        bail!("give --run RUN_DIR or --weights FILE");
-    };
+    let weights = path;
     let (sd, info) = nag_models::checkpoint::load_state_dict(weights, &Default::default())
         .with_context(|| format!("loading {}", weights.display()))?;
     let hints = match args.kind.to_ascii_lowercase().as_str() {
@@ -150,7 +163,23 @@ impl BackendTask for Task<'_> {
                 (Some(net), None, shape)
             }
         };
+        let reference = match (&args.dog, &net) {
+            (Some(path), Some(_)) => Some(
+                load_path::<B::InnerBackend>(path, args, &device)
+                    .with_context(|| format!("loading the --dog reference {}", path.display()))?,
+            ),
+            (Some(_), None) => bail!("--dog needs a network (--run/--weights), not the oracle"),
+            (None, _) => None,
+        };
         let (sampled, num_classes, ddpm) = match (&net, &oracle) {
+            (Some(net), _) if reference.is_some() => (
+                Sampled::WithReference {
+                    model: net,
+                    reference: reference.as_ref().expect("checked"),
+                },
+                net.config().num_classes,
+                net.config().time_input == TimeInput::DdpmIndex,
+            ),
             (Some(net), _) => (
                 Sampled::Network(net),
                 net.config().num_classes,
@@ -219,7 +248,9 @@ impl BackendTask for Task<'_> {
             );
             r
         } else {
-            vec![("", Guidance::cfg_nag(args.cfg, args.nag))]
+            let mut g = Guidance::cfg_nag(args.cfg, args.nag);
+            g.dog = args.dog.is_some();
+            vec![("", g)]
         };
         let vae = match &args.vae {
             Some(dir) => {
@@ -366,6 +397,7 @@ fn identity(args: &SampleArgs) -> Result<serde_json::Value> {
         "weights": weights,
         "kind": args.kind,
         "vae": args.vae.as_ref().map(|v| v.display().to_string()),
+        "dog": args.dog.as_ref().map(|v| v.display().to_string()),
     }))
 }
 
