@@ -54,6 +54,10 @@ pub struct GmmConfig {
     pub len: usize,
     /// Seed of the factors `U_k` and of the items.
     pub seed: u64,
+    /// The components are those of classes `first_class..first_class + classes` of the
+    /// 10-class mixture (same means and factors), relabelled `0..classes`: a target domain
+    /// with other shapes and colours for transfer experiments (spec `gmm16:5-9`).
+    pub first_class: usize,
 }
 
 impl Default for GmmConfig {
@@ -66,6 +70,7 @@ impl Default for GmmConfig {
             field_std: 0.25,
             len: super::DEFAULT_VIRTUAL_LEN,
             seed: 0,
+            first_class: 0,
         }
     }
 }
@@ -124,11 +129,17 @@ impl GmmDataset {
             field_std,
             len,
             seed,
+            first_class,
         } = config;
-        if !(8..=256).contains(&size) || !(1..=NUM_SHAPES).contains(&classes) || len == 0 {
+        if !(8..=256).contains(&size)
+            || !(1..=NUM_SHAPES).contains(&classes)
+            || first_class + classes > NUM_SHAPES
+            || len == 0
+        {
             return Err(DataError::Config(format!(
-                "gmm: need size in 8..=256 (got {size}), classes in 1..=10 (got {classes}), \
-                 len > 0 (got {len})"
+                "gmm: need size in 8..=256 (got {size}), classes {first_class}..{} inside \
+                 0..10, len > 0 (got {len})",
+                first_class + classes
             )));
         }
         if !(field_std.is_finite() && field_std >= 0.0) || rank > 64 {
@@ -137,13 +148,14 @@ impl GmmDataset {
             )));
         }
         let d = 3 * size * size;
-        let means = (0..classes).map(|k| template(k, size)).collect();
+        let components = first_class..first_class + classes;
+        let means = components.clone().map(|k| template(k, size)).collect();
         let col_rms = if rank == 0 {
             0.0
         } else {
             field_std / (rank as f64).sqrt()
         };
-        let factors = (0..classes)
+        let factors = components
             .map(|k| {
                 let mut rng = stream_rng(seed, DOMAIN_PARAMS, k as u64);
                 (0..rank)

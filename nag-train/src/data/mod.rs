@@ -235,7 +235,8 @@ pub const DEFAULT_VIRTUAL_LEN: usize = 50_000;
 /// - `"shapes"`, `"shapes16"`, `"shapes32"`: [`ShapesDataset`], centred layout (size from the
 ///   name, else `options.image_size`, else 16); `"shapes-scattered"` (`…16`, `…32`): the
 ///   scattered layout ([`ShapesLayout`]);
-/// - `"gmm"`, `"gmm16"`, `"gmm32"`: [`GmmDataset`] with [`GmmConfig`] defaults;
+/// - `"gmm"`, `"gmm16"`, `"gmm32"`: [`GmmDataset`] with [`GmmConfig`] defaults; a class range
+///   `"gmm16:5-9"` keeps components 5 to 9 relabelled 0..5 (a transfer target);
 /// - a path: a folder holding `manifest.json` → [`LatentStore`]; a folder holding `latents.npy` / `latents.safetensors` → latents; a folder holding
 ///   `train-images-idx3-ubyte[.gz]` → IDX; any other folder → image folder; `*.npy` /
 ///   `*.safetensors` → latents; a file whose name contains `idx` or ends in `-ubyte[.gz]` → IDX.
@@ -317,8 +318,30 @@ pub fn open_dataset(spec: &str, options: &DataOptions) -> Result<Box<dyn Dataset
 /// spec: the one place a spec becomes a mixture, so analyses that need the exact density get
 /// the same mixture the trainer drew from.
 pub fn open_gmm(spec: &str, options: &DataOptions) -> Result<Option<GmmDataset>, DataError> {
+    let (spec, range) = match spec.split_once(':') {
+        Some((s, r)) if s.starts_with("gmm") => (s, Some(r)),
+        _ => (spec, None),
+    };
     let Some(rest) = spec.strip_prefix("gmm").filter(|r| is_digits(r)) else {
         return Ok(None);
+    };
+    let (first_class, classes) = match range {
+        None => (0, GmmConfig::default().classes),
+        Some(r) => {
+            let bad = || {
+                DataError::Config(format!(
+                    "bad class range '{r}' in dataset spec '{spec}:{r}': write FIRST-LAST, \
+                     e.g. gmm16:5-9 (classes 5 to 9 of the 10, relabelled 0..5)"
+                ))
+            };
+            let (a, b) = r.split_once('-').ok_or_else(bad)?;
+            let (a, b): (usize, usize) =
+                (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+            if a > b {
+                return Err(bad());
+            }
+            (a, b - a + 1)
+        }
     };
     let size = match rest {
         "" => options.image_size.unwrap_or(16),
@@ -330,6 +353,8 @@ pub fn open_gmm(spec: &str, options: &DataOptions) -> Result<Option<GmmDataset>,
         size,
         len: options.len.unwrap_or(DEFAULT_VIRTUAL_LEN),
         seed: options.seed,
+        first_class,
+        classes,
         ..GmmConfig::default()
     };
     Ok(Some(GmmDataset::new(config)?))
@@ -574,6 +599,15 @@ mod tests {
         assert!(open_dataset("shapes-scatteredX", &opts).is_err());
         let d = open_dataset("gmm", &opts).unwrap();
         assert_eq!((d.shape(), d.num_classes()), ([3, 16, 16], 10));
+        // A class range: components 5..=9 of the full mixture, relabelled 0..5.
+        let full = open_gmm("gmm16", &opts).unwrap().unwrap();
+        let part = open_gmm("gmm16:5-9", &opts).unwrap().unwrap();
+        assert_eq!(part.mixture().num_components(), 5);
+        assert_eq!(part.mixture().mean(0), full.mixture().mean(5));
+        assert_eq!(open_dataset("gmm16:5-9", &opts).unwrap().num_classes(), 5);
+        for bad in ["gmm16:5", "gmm16:7-3", "gmm16:5-10", "gmm16:a-b"] {
+            assert!(open_dataset(bad, &opts).is_err(), "{bad}");
+        }
         let err = open_dataset("/definitely/not/here", &opts).unwrap_err();
         assert!(err.to_string().contains("/definitely/not/here"), "{err}");
         assert!(open_dataset("shapesX", &opts).is_err());
