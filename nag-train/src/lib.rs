@@ -21,6 +21,8 @@
 //!   samples, measured exactly.
 //! - [`oracle`]: the exact model of `gmm` data (`--model oracle`) with controlled errors.
 //! - [`sample_set`]: FID-50K sample sets: batched, decoded, resumable, in the ADM `.npz` format.
+//! - [`transfer`]: the transfer table in miniature (fine-tuning onto a new domain; FT / CFG /
+//!   DoG, each ± NAG) on `gmm` data, measured exactly.
 //! - [`vae_codec`]: images ↔ latents through the SD VAE in batches; DiT's bytes conversion.
 #![warn(missing_docs)]
 
@@ -40,6 +42,7 @@ pub mod sampling;
 pub mod shift;
 pub mod study;
 pub mod train;
+pub mod transfer;
 pub mod vae_codec;
 
 /// An error and its chain of causes in one line, `outer: cause: root` (as `anyhow`'s `{:#}`

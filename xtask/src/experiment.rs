@@ -44,6 +44,9 @@ pub enum ExperimentCmd {
     /// When does NAG reduce the noise shift and improve samples: the exact oracle of the gmm
     /// data with controlled errors (and trained runs), measured exactly.
     Oracle(crate::experiment_oracle::OracleArgs),
+    /// The paper's transfer table in miniature: a source model fine-tuned onto other gmm
+    /// classes, sampled as FT / + CFG / + DoG, each without and with NAG, measured exactly.
+    Transfer(crate::experiment_transfer::TransferArgs),
 }
 
 /// Runs `cargo xtask experiment …`.
@@ -51,6 +54,7 @@ pub fn run_cmd(cmd: &ExperimentCmd) -> Result<()> {
     match cmd {
         ExperimentCmd::Nag(args) => run(args),
         ExperimentCmd::Oracle(args) => crate::experiment_oracle::run(args),
+        ExperimentCmd::Transfer(args) => crate::experiment_transfer::run(args),
     }
 }
 

@@ -12,6 +12,7 @@ mod eval;
 mod eval_adm;
 mod experiment;
 mod experiment_oracle;
+mod experiment_transfer;
 mod features;
 mod forward;
 mod latents;
