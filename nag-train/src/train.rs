@@ -374,6 +374,24 @@ fn rebuild_label_table(sd: &mut StateDict, config: &DitConfig, seed: u64) {
     sd.insert(KEY, vec![rows, config.hidden_size], values);
 }
 
+/// Whether `dir` holds a finished run of `cfg` (its `config.json` equal up to threads and
+/// workers, which do not change the weights; the latest checkpoint at `cfg.steps`; the EMA
+/// weights written): experiments reuse such a run instead of training again.
+pub fn finished_run(dir: &Path, cfg: &TrainConfig) -> bool {
+    let Ok(text) = fs::read_to_string(dir.join("config.json")) else {
+        return false;
+    };
+    let Ok(mut stored) = serde_json::from_str::<TrainConfig>(&text) else {
+        return false;
+    };
+    stored.threads = cfg.threads;
+    stored.workers = cfg.workers;
+    let done = fs::read_to_string(dir.join("checkpoints").join("latest"))
+        .map(|l| l.trim() == format!("step-{:07}", cfg.steps))
+        .unwrap_or(false);
+    stored == *cfg && done && dir.join("ema.safetensors").is_file()
+}
+
 /// Progress reported to the caller every `log_every` steps.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {

@@ -23,7 +23,7 @@ use crate::data::{open_gmm, DataOptions, Dataset};
 use crate::generate::{load_model, GenerateError, SampleConfig, Sampled};
 use crate::metrics::gmm_metrics::{fd_to_mixture, gmm_metrics};
 use crate::metrics::MetricsError;
-use crate::train::{train, Progress, TrainConfig, TrainError};
+use crate::train::{finished_run, train, Progress, TrainConfig, TrainError};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -144,7 +144,7 @@ pub fn transfer_experiment<B: AutodiffBackend>(
     }
     // 1. Source.
     let source_dir = out.join("source");
-    if !finished(&source_dir, &cfg.source) {
+    if !finished_run(&source_dir, &cfg.source) {
         train::<B>(&cfg.source, &source_dir, false, device, |p| {
             progress(TransferStage::Source(p))
         })?;
@@ -160,7 +160,7 @@ pub fn transfer_experiment<B: AutodiffBackend>(
         ..cfg.source.clone()
     };
     let ft_dir = out.join("finetuned");
-    if !finished(&ft_dir, &finetune) {
+    if !finished_run(&ft_dir, &finetune) {
         let _ = std::fs::remove_dir_all(&ft_dir);
         train::<B>(&finetune, &ft_dir, false, device, |p| {
             progress(TransferStage::Finetune(p))
@@ -247,20 +247,4 @@ pub fn transfer_experiment<B: AutodiffBackend>(
         source_model: source_row,
         num_classes: k,
     })
-}
-
-/// Whether `dir` holds a finished run of `cfg` (threads and workers may differ).
-pub fn finished(dir: &Path, cfg: &TrainConfig) -> bool {
-    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else {
-        return false;
-    };
-    let Ok(mut stored) = serde_json::from_str::<TrainConfig>(&text) else {
-        return false;
-    };
-    stored.threads = cfg.threads;
-    stored.workers = cfg.workers;
-    let done = std::fs::read_to_string(dir.join("checkpoints").join("latest"))
-        .map(|l| l.trim() == format!("step-{:07}", cfg.steps))
-        .unwrap_or(false);
-    stored == *cfg && done && dir.join("ema.safetensors").is_file()
 }

@@ -30,7 +30,7 @@ use nag_train::metrics::gmm_metrics::gmm_metrics;
 use nag_train::metrics::prdc::prdc;
 use nag_train::sampling::StepInfo;
 use nag_train::shift::{Calibration, ExactMeter, LateShift, ShiftRecorder, ShiftStep};
-use nag_train::train::{write_atomic, TrainConfig};
+use nag_train::train::{finished_run, write_atomic, TrainConfig};
 use serde::Serialize;
 
 use crate::eval::{load_items, pick_indices};
@@ -172,22 +172,6 @@ fn model_config(args: &ExperimentArgs, spec: DeviceSpec) -> TrainConfig {
     }
     cfg.threads = crate::train::default_threads(spec, cfg.grad_accum);
     cfg
-}
-
-/// Whether `dir` holds a finished run of `cfg` (threads and workers may differ).
-fn finished_run(dir: &Path, cfg: &TrainConfig) -> bool {
-    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else {
-        return false;
-    };
-    let Ok(mut stored) = serde_json::from_str::<TrainConfig>(&text) else {
-        return false;
-    };
-    stored.threads = cfg.threads;
-    stored.workers = cfg.workers;
-    let done = std::fs::read_to_string(dir.join("checkpoints").join("latest"))
-        .map(|l| l.trim() == format!("step-{:07}", cfg.steps))
-        .unwrap_or(false);
-    stored == *cfg && done && dir.join("ema.safetensors").is_file()
 }
 
 /// Runs `cargo xtask experiment`.
