@@ -136,7 +136,8 @@ pub fn run(args: &LatentsArgs) -> Result<()> {
     }
     println!("store: {}", cfg.out.display());
     println!(
-        "next: cargo xtask train --data {} --model DiT-XL/2",
+        "next: cargo xtask train --data {} --init DiT-XL-2-256x256.pt --noise-dropout 0.1 \
+         (NAG fine-tuning; --new-classes for another label set), or --model DiT-XL/2 from scratch",
         cfg.out.display()
     );
     Ok(())
