@@ -4,11 +4,10 @@
 //! ([`nag_train::metrics::adm`]).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
-use indicatif::{ProgressBar, ProgressStyle};
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_train::metrics::adm::{evaluate, AdmOptions, AdmReport, InputScale, Progress};
 use nag_train::metrics::inception::{check_inception, InceptionV3, DEFAULT_BATCH};
@@ -143,22 +142,14 @@ impl BackendTask for Task<'_> {
         let net = InceptionV3::<B::InnerBackend>::load(self.weights, &device)
             .with_context(|| format!("loading the InceptionV3 weights {}", self.weights.display()))?
             .with_batch(self.batch);
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{msg:>20} [{bar:30}] {pos}/{len} ({eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar.enable_steady_tick(Duration::from_millis(500));
+        let bar = crate::progress::Progress::new(0, "images");
         let mut stage = String::new();
         let mut progress = |p: Progress<'_>| {
             if p.stage != stage {
                 stage = p.stage.to_string();
-                bar.reset();
-                bar.set_message(stage.clone());
-                bar.set_length(p.total as u64);
+                bar.stage(&stage, p.total as u64);
             }
-            bar.set_position(p.done as u64);
+            bar.set(p.done as u64);
         };
         let report = evaluate(
             &net,
@@ -167,7 +158,7 @@ impl BackendTask for Task<'_> {
             &self.opts,
             &mut progress,
         );
-        bar.finish_and_clear();
+        bar.clear();
         Ok(report?)
     }
 }

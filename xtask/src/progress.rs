@@ -33,8 +33,20 @@ impl Progress {
         self.bar.set_message(msg);
     }
 
+    /// Starts a new stage of `total` items named `name` (shown after the counts).
+    pub fn stage(&self, name: &str, total: u64) {
+        self.bar.reset();
+        self.bar.set_length(total);
+        self.bar.set_message(name.to_string());
+    }
+
     /// Leaves the final state on screen.
     pub fn finish(&self) {
         self.bar.finish();
+    }
+
+    /// Removes the bar from the screen.
+    pub fn clear(&self) {
+        self.bar.finish_and_clear();
     }
 }
