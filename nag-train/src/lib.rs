@@ -7,7 +7,8 @@
 //!   deterministic background batch loader.
 //! - [`image`]: PNG image grids and a minimal line-plot renderer.
 //! - [`objective`]: DDPM (hybrid loss) and interpolant training losses.
-//! - [`train`]: the noise-dropout trainer (AdamW, EMA, atomic checkpoints, exact resume).
+//! - [`train`]: the noise-dropout trainer (AdamW, EMA, atomic checkpoints, exact resume);
+//!   [`run_dir`]: its folder's lock, checkpoint manifests and resume fallback.
 //! - [`sampling`]: DDPM, DDIM, SDE and ODE samplers over a [`sampling::DiffusionModel`].
 //! - [`guided`]: guidance as a model wrapper ([`guided::GuidedDit`]); [`classifier_nag`]:
 //!   classifier NAG with a trained noise-level estimator, also a wrapper.
@@ -37,6 +38,7 @@ pub mod latent_extract;
 pub mod metrics;
 pub mod objective;
 pub mod oracle;
+pub mod run_dir;
 pub mod sample_set;
 pub mod sampling;
 pub mod shift;

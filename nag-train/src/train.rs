@@ -9,8 +9,11 @@
 //!
 //! Run directory layout:
 //! - `config.json`: the resolved [`TrainConfig`];
-//! - `checkpoints/step-XXXXXXX/{model,ema,optim}.mpk, state.json` (burn records, full precision)
-//!   and `latest` (the newest complete checkpoint, written last, atomically);
+//! - `checkpoints/step-XXXXXXX/{model,ema,optim}.mpk, state.json, manifest.json` (burn
+//!   records, full precision; the manifest of sizes and SHA-256 written last, see [`run_dir`])
+//!   and `latest` (the newest complete checkpoint, written after it); the `keep_checkpoints`
+//!   newest are kept, and a checkpoint is written only when every weight is finite;
+//! - `.lock`: held while a process trains into the folder;
 //! - `ema.safetensors` + `ema.json`: the EMA weights with the reference key names (what
 //!   `sample` reads);
 //! - `loss.csv` and `loss.png`.
@@ -18,6 +21,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -37,6 +41,7 @@ use crate::data::{
 };
 use crate::ema;
 use crate::objective::{self, InterpolantTarget, LossWeight};
+use crate::run_dir::{self, RunLock, Skipped};
 
 /// What the network is trained on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -148,6 +153,9 @@ pub struct TrainConfig {
     /// seed as at initialisation; everything else is loaded. Without it the data's class count
     /// must equal the file's.
     pub new_classes: bool,
+    /// How many of the newest checkpoints to keep (at least 1; 2 leaves one to fall back on
+    /// if the newest is damaged).
+    pub keep_checkpoints: usize,
 }
 
 impl Default for TrainConfig {
@@ -181,6 +189,7 @@ impl Default for TrainConfig {
             init: None,
             init_heads: None,
             new_classes: false,
+            keep_checkpoints: 2,
         }
     }
 }
@@ -210,6 +219,35 @@ pub enum TrainError {
         /// The last good checkpoint.
         last: String,
     },
+    /// The weights became NaN or infinite (found before writing a checkpoint).
+    #[error("the {which} weights are not finite at step {step}: training stopped without writing that checkpoint; the last good checkpoint ({last}) is kept. Lower --lr, set --grad-clip, or check --weight-decay and the data")]
+    NonFiniteWeights {
+        /// Step.
+        step: u64,
+        /// "model" or "EMA".
+        which: &'static str,
+        /// The last good checkpoint.
+        last: String,
+    },
+    /// Stopped on request (Ctrl-C / SIGTERM) at a step boundary, after writing a checkpoint.
+    #[error("stopped on request after step {step}; checkpoint {checkpoint} written. Continue with the same command and --resume")]
+    Interrupted {
+        /// The last completed step.
+        step: u64,
+        /// The checkpoint written.
+        checkpoint: String,
+    },
+    /// No checkpoint of the run can be resumed from.
+    #[error("--resume: {dir} has no usable checkpoint{detail}")]
+    NoCheckpoint {
+        /// The run folder.
+        dir: PathBuf,
+        /// Each checkpoint tried and why it failed.
+        detail: String,
+    },
+    /// The run folder (lock, manifests).
+    #[error(transparent)]
+    RunDir(#[from] run_dir::RunDirError),
     /// I/O on a named path.
     #[error("{path}")]
     Io {
@@ -236,15 +274,42 @@ fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T, TrainError> {
     })
 }
 
-/// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
+/// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename; nothing
+/// left behind on failure), errors naming `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    {
-        let mut f = io(&tmp, fs::File::create(&tmp))?;
-        io(&tmp, f.write_all(bytes))?;
-        io(&tmp, f.sync_all())?;
-    }
-    io(path, fs::rename(&tmp, path))
+    io(
+        path,
+        nag_models::checkpoint::write_atomic(path, |w| w.write_all(bytes)),
+    )
+}
+
+/// Set by [`request_stop`]: the trainer stops at the next step boundary, writes a checkpoint
+/// and returns [`TrainError::Interrupted`].
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks every running [`train`] of this process to stop at its next step boundary (e.g. from a
+/// Ctrl-C / SIGTERM handler). Safe to call from any thread.
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// What a run reports as it goes.
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    /// Steps done and the mean loss (every `log_every` steps).
+    Progress(Progress),
+    /// Resuming from `from` (at `step`); newer checkpoints that were damaged or incomplete are
+    /// listed with the reason they were passed over.
+    Resumed {
+        /// The checkpoint used.
+        from: PathBuf,
+        /// Its step.
+        step: u64,
+        /// Newer checkpoints passed over.
+        skipped: Vec<Skipped>,
+    },
+    /// `--init` had no null-timestep vector: it starts freshly initialised.
+    NullTimestepInitialised(PathBuf),
 }
 
 impl TrainConfig {
@@ -288,6 +353,20 @@ impl TrainConfig {
         }
         if self.checkpoint_every == 0 || self.log_every == 0 {
             return bad("--checkpoint-every and --log-every must be at least 1".into());
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "--weight-decay must be a finite number ≥ 0 (got {})",
+                self.weight_decay
+            ));
+        }
+        if let Some(c) = self.grad_clip {
+            if !(c.is_finite() && c > 0.0) {
+                return bad(format!("--grad-clip must be a finite number > 0 (got {c})"));
+            }
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("--keep-checkpoints must be at least 1".into());
         }
         Ok(())
     }
@@ -386,6 +465,7 @@ pub fn finished_run(dir: &Path, cfg: &TrainConfig) -> bool {
     };
     stored.threads = cfg.threads;
     stored.workers = cfg.workers;
+    stored.keep_checkpoints = cfg.keep_checkpoints;
     let done = fs::read_to_string(dir.join("checkpoints").join("latest"))
         .map(|l| l.trim() == format!("step-{:07}", cfg.steps))
         .unwrap_or(false);
@@ -426,16 +506,30 @@ struct State {
     seed: u64,
 }
 
-/// Paths of checkpoint `step` in `run_dir`.
-fn checkpoint_dir(run_dir: &Path, step: u64) -> PathBuf {
-    run_dir.join("checkpoints").join(format!("step-{step:07}"))
-}
+use run_dir::checkpoint_dir;
 
-/// The newest complete checkpoint of a run, if any.
+/// The newest complete checkpoint of a run, if any (the one `checkpoints/latest` names).
 pub fn latest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
     let name = fs::read_to_string(run_dir.join("checkpoints").join("latest")).ok()?;
     let dir = run_dir.join("checkpoints").join(name.trim());
     dir.join("state.json").is_file().then_some(dir)
+}
+
+/// Whether every value of every float parameter of `model` is finite.
+fn all_finite<B: Backend>(model: &Dit<B>) -> bool {
+    struct Finite(bool);
+    impl<B: Backend> ModuleVisitor<B> for Finite {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if self.0 {
+                let v = param.val();
+                let any = |t: Tensor<B, 1, Bool>| t.into_data().iter::<bool>().any(|b| b);
+                self.0 = !(any(v.clone().is_nan().any()) || any(v.is_inf().any()));
+            }
+        }
+    }
+    let mut f = Finite(true);
+    model.visit(&mut f);
+    f.0
 }
 
 const DOMAIN_STEP: u64 = 0x5354_4550; // "STEP"
@@ -542,13 +636,105 @@ fn micro_loss<B: AutodiffBackend>(
 
 type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
 
+/// Writes checkpoint `state.step` as `step-N.partial/`, seals it with its manifest, renames it
+/// into place and points `checkpoints/latest` at it. A failure leaves no `step-N/` behind (the
+/// partial folder is removed) and the previous checkpoints untouched.
+fn write_checkpoint<B: AutodiffBackend, O: Optimizer<Dit<B>, B>>(
+    run_dir: &Path,
+    model: &Dit<B>,
+    ema_model: &Dit<B::InnerBackend>,
+    optim: &O,
+    state: &State,
+) -> Result<PathBuf, TrainError> {
+    let dir = checkpoint_dir(run_dir, state.step);
+    let tmp = dir.with_extension("partial");
+    let _ = fs::remove_dir_all(&tmp);
+    let written = (|| {
+        io(&tmp, fs::create_dir_all(&tmp))?;
+        save_record(model.clone(), &tmp.join("model"))?;
+        save_record(ema_model.clone(), &tmp.join("ema"))?;
+        Rec::new()
+            .record(optim.to_record(), tmp.join("optim"))
+            .map_err(|e| record_write_error(&tmp.join("optim"), e.to_string()))?;
+        write_atomic(
+            &tmp.join("state.json"),
+            &serde_json::to_vec_pretty(state).expect("state serialises"),
+        )?;
+        run_dir::seal(&tmp)?;
+        Ok::<(), TrainError>(())
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let _ = fs::remove_dir_all(&dir);
+    io(&dir, fs::rename(&tmp, &dir))?;
+    write_atomic(
+        &run_dir.join("checkpoints").join("latest"),
+        dir.file_name()
+            .expect("a step folder")
+            .to_string_lossy()
+            .as_bytes(),
+    )?;
+    Ok(dir)
+}
+
+/// A checkpoint's model, EMA and optimiser records and state, read without touching the
+/// live ones (so a damaged checkpoint can be passed over).
+#[allow(clippy::type_complexity)]
+fn load_checkpoint<B: AutodiffBackend>(
+    model: &Dit<B>,
+    ema_model: &Dit<B::InnerBackend>,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<
+    (
+        Dit<B>,
+        Dit<B::InnerBackend>,
+        <burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Dit<B>, B> as Optimizer<
+            Dit<B>,
+            B,
+        >>::Record,
+        State,
+    ),
+    TrainError,
+> {
+    let state_path = dir.join("state.json");
+    let state: State = serde_json::from_slice(&io(&state_path, fs::read(&state_path))?)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", state_path.display())))?;
+    let m = load_record(model.clone(), &dir.join("model"), device)?;
+    let e = load_record(ema_model.clone(), &dir.join("ema"), device)?;
+    let o = Rec::new()
+        .load(dir.join("optim"), device)
+        .map_err(|e| TrainError::Record {
+            path: dir.join("optim"),
+            reason: e.to_string(),
+        })?;
+    Ok((m, e, o, state))
+}
+
 fn save_record<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<(), TrainError> {
     Rec::new()
         .record(module.into_record(), path.to_path_buf())
-        .map_err(|e| TrainError::Record {
+        .map_err(|e| record_write_error(path, e.to_string()))
+}
+
+/// burn's recorder reports a failed write as an opaque encoder message; the operating
+/// system's reason (disk full, file-size limit, read-only folder) comes from one more byte
+/// appended to the file it was writing.
+fn record_write_error(path: &Path, reason: String) -> TrainError {
+    let file = path.with_extension("mpk");
+    let probe = fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .and_then(|mut f| f.write_all(&[0]).and_then(|()| f.sync_all()));
+    match probe {
+        Err(source) => TrainError::Io { path: file, source },
+        Ok(()) => TrainError::Record {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+            reason,
+        },
+    }
 }
 
 fn load_record<B: Backend, M: Module<B>>(
@@ -581,9 +767,19 @@ pub fn train<B: AutodiffBackend>(
     run_dir: &Path,
     resume: bool,
     device: &B::Device,
-    mut on_progress: impl FnMut(Progress),
+    mut on_event: impl FnMut(TrainEvent),
 ) -> Result<TrainSummary, TrainError> {
     cfg.validate()?;
+    if resume && !run_dir.join("checkpoints").is_dir() {
+        return Err(TrainError::NoCheckpoint {
+            dir: run_dir.to_path_buf(),
+            detail: if run_dir.is_dir() {
+                " (it has no checkpoints/ folder)".into()
+            } else {
+                " (no such folder)".into()
+            },
+        });
+    }
     let data_opts = DataOptions {
         seed: cfg.seed,
         image_size: cfg.image_size,
@@ -601,6 +797,7 @@ pub fn train<B: AutodiffBackend>(
     }
     // Only once the data and the model are known to be usable: a bad option leaves no run.
     io(run_dir, fs::create_dir_all(run_dir.join("checkpoints")))?;
+    let _lock = RunLock::acquire(run_dir)?;
     // burn's initialisers draw from the backend's process-wide RNG: seed and initialise under
     // one lock so concurrent runs in one process cannot interleave their draws.
     let mut model: Dit<B> = {
@@ -618,10 +815,7 @@ pub fn train<B: AutodiffBackend>(
         drop(sd);
         model = loaded;
         if report.null_timestep_initialised {
-            eprintln!(
-                "note: {} has no null-timestep vector; it starts freshly initialised (fine-tune with --noise-dropout > 0 before using NAG)",
-                path.display()
-            );
+            on_event(TrainEvent::NullTimestepInitialised(path.clone()));
         }
     }
     let mut ema_model: Dit<B::InnerBackend> = model.valid();
@@ -640,40 +834,69 @@ pub fn train<B: AutodiffBackend>(
     let mut ema_updates = 0u64;
     let config_path = run_dir.join("config.json");
     if resume {
-        let ck = latest_checkpoint(run_dir).ok_or_else(|| {
-            TrainError::Config(format!(
-                "--resume: {} has no complete checkpoint (checkpoints/latest)",
-                run_dir.display()
-            ))
-        })?;
         let stored: TrainConfig =
             serde_json::from_slice(&io(&config_path, fs::read(&config_path))?)
                 .map_err(|e| TrainError::Config(format!("{}: {e}", config_path.display())))?;
-        // What may change on resume: the length, and how the work is spread over threads.
+        // What may change on resume: the length, how the work is spread over threads, and how
+        // many checkpoints are kept.
         let mut a = stored.clone();
         a.steps = cfg.steps;
         a.threads = cfg.threads;
         a.workers = cfg.workers;
+        a.keep_checkpoints = cfg.keep_checkpoints;
         if &a != cfg {
             return Err(TrainError::Config(format!(
-                "--resume: the options differ from the run's {} (only --steps, --threads and --workers may change)",
+                "--resume: the options differ from the run's {} (only --steps, --threads, --workers and --keep-checkpoints may change)",
                 config_path.display()
             )));
         }
-        let state_path = ck.join("state.json");
-        let state: State = serde_json::from_slice(&io(&state_path, fs::read(&state_path))?)
-            .map_err(|e| TrainError::Config(format!("{}: {e}", state_path.display())))?;
-        model = load_record(model, &ck.join("model"), device)?;
-        ema_model = load_record(ema_model, &ck.join("ema"), device)?;
-        let record = Rec::new()
-            .load(ck.join("optim"), device)
-            .map_err(|e| TrainError::Record {
-                path: ck.join("optim"),
-                reason: e.to_string(),
-            })?;
-        optim = optim.load_record(record);
+        // The newest checkpoint that verifies and loads; damaged or incomplete newer ones are
+        // passed over and reported.
+        let mut skipped: Vec<Skipped> = Vec::new();
+        let mut chosen = None;
+        for (step, dir) in run_dir::checkpoints(run_dir) {
+            let loaded = run_dir::usable(run_dir, &dir).and_then(|()| {
+                load_checkpoint::<B>(&model, &ema_model, &dir, device).map_err(|e| e.to_string())
+            });
+            match loaded {
+                Ok(parts) => {
+                    chosen = Some((step, dir, parts));
+                    break;
+                }
+                Err(reason) => skipped.push(Skipped { dir, reason }),
+            }
+        }
+        let Some((step, dir, (m, e, o, state))) = chosen else {
+            let detail = skipped
+                .iter()
+                .map(|s| format!("\n  {}: {}", s.dir.display(), s.reason))
+                .collect::<String>();
+            return Err(TrainError::NoCheckpoint {
+                dir: run_dir.to_path_buf(),
+                detail: if detail.is_empty() {
+                    " (none was written)".into()
+                } else {
+                    format!(":{detail}")
+                },
+            });
+        };
+        if state.step != step {
+            return Err(TrainError::Config(format!(
+                "{}: state.json says step {}, the folder's name step {step}",
+                dir.display(),
+                state.step
+            )));
+        }
+        model = m;
+        ema_model = e;
+        optim = optim.load_record(o);
         start = state.step;
         ema_updates = state.ema_updates;
+        on_event(TrainEvent::Resumed {
+            from: dir,
+            step,
+            skipped,
+        });
     }
     let json = serde_json::to_vec_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
     write_atomic(&config_path, &json)?;
@@ -697,9 +920,11 @@ pub fn train<B: AutodiffBackend>(
     } else {
         Vec::new()
     };
-    let mut last_ckpt = latest_checkpoint(run_dir)
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "none yet".into());
+    let mut last_ckpt = if resume {
+        checkpoint_dir(run_dir, start).display().to_string()
+    } else {
+        "none yet".into()
+    };
     let mut acc = 0.0f64;
     let mut acc_n = 0u64;
     // Only these receive gradients (not the fixed sin-cos `pos_embed`, whatever graph the
@@ -750,46 +975,46 @@ pub fn train<B: AutodiffBackend>(
         if done % cfg.log_every == 0 || done == cfg.steps {
             let mean = acc / acc_n as f64;
             log.push((done, mean));
-            on_progress(Progress {
+            on_event(TrainEvent::Progress(Progress {
                 step: done,
                 total: cfg.steps,
                 loss: mean,
-            });
+            }));
             acc = 0.0;
             acc_n = 0;
         }
-        if done % cfg.checkpoint_every == 0 || done == cfg.steps {
-            let dir = checkpoint_dir(run_dir, done);
-            let tmp = dir.with_extension("partial");
-            let _ = fs::remove_dir_all(&tmp);
-            io(&tmp, fs::create_dir_all(&tmp))?;
-            save_record(model.clone(), &tmp.join("model"))?;
-            save_record(ema_model.clone(), &tmp.join("ema"))?;
-            Rec::new()
-                .record(optim.to_record(), tmp.join("optim"))
-                .map_err(|e| TrainError::Record {
-                    path: tmp.join("optim"),
-                    reason: e.to_string(),
-                })?;
+        let stop = STOP.load(Ordering::SeqCst);
+        if done % cfg.checkpoint_every == 0 || done == cfg.steps || stop {
+            // Never seal a checkpoint of NaN/inf weights: the last good one stays the newest.
+            for (which, finite) in [
+                ("model", all_finite(&model)),
+                ("EMA", all_finite(&ema_model)),
+            ] {
+                if !finite {
+                    return Err(TrainError::NonFiniteWeights {
+                        step: done,
+                        which,
+                        last: last_ckpt,
+                    });
+                }
+            }
             let state = State {
                 step: done,
                 ema_updates,
                 seed: cfg.seed,
             };
-            write_atomic(
-                &tmp.join("state.json"),
-                &serde_json::to_vec_pretty(&state).expect("state serialises"),
-            )?;
-            let _ = fs::remove_dir_all(&dir);
-            io(&dir, fs::rename(&tmp, &dir))?;
-            write_atomic(
-                &run_dir.join("checkpoints").join("latest"),
-                dir.file_name().unwrap().to_string_lossy().as_bytes(),
-            )?;
+            let dir = write_checkpoint(run_dir, &model, &ema_model, &optim, &state)?;
             last_ckpt = dir.display().to_string();
+            run_dir::prune(run_dir, cfg.keep_checkpoints)?;
             export_ema(&ema_model, run_dir)?;
             write_loss_log(&loss_path, &log)?;
             write_loss_plot(&run_dir.join("loss.png"), &log)?;
+            if stop && done < cfg.steps {
+                return Err(TrainError::Interrupted {
+                    step: done,
+                    checkpoint: last_ckpt,
+                });
+            }
         }
     }
     Ok(TrainSummary {

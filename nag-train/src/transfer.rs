@@ -23,7 +23,7 @@ use crate::data::{open_gmm, DataOptions, Dataset};
 use crate::generate::{load_model, GenerateError, SampleConfig, Sampled};
 use crate::metrics::gmm_metrics::{fd_to_mixture, gmm_metrics};
 use crate::metrics::MetricsError;
-use crate::train::{finished_run, train, Progress, TrainConfig, TrainError};
+use crate::train::{finished_run, train, Progress, TrainConfig, TrainError, TrainEvent};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -145,8 +145,10 @@ pub fn transfer_experiment<B: AutodiffBackend>(
     // 1. Source.
     let source_dir = out.join("source");
     if !finished_run(&source_dir, &cfg.source) {
-        train::<B>(&cfg.source, &source_dir, false, device, |p| {
-            progress(TransferStage::Source(p))
+        train::<B>(&cfg.source, &source_dir, false, device, |e| {
+            if let TrainEvent::Progress(p) = e {
+                progress(TransferStage::Source(p))
+            }
         })?;
     }
     // 2. Fine-tuning onto the target's label set, noise dropout as the source's.
@@ -162,8 +164,10 @@ pub fn transfer_experiment<B: AutodiffBackend>(
     let ft_dir = out.join("finetuned");
     if !finished_run(&ft_dir, &finetune) {
         let _ = std::fs::remove_dir_all(&ft_dir);
-        train::<B>(&finetune, &ft_dir, false, device, |p| {
-            progress(TransferStage::Finetune(p))
+        train::<B>(&finetune, &ft_dir, false, device, |e| {
+            if let TrainEvent::Progress(p) = e {
+                progress(TransferStage::Finetune(p))
+            }
         })?;
     }
     let source_model = load_model::<B::InnerBackend>(&source_dir.join("ema.safetensors"), device)?;
@@ -247,4 +251,210 @@ pub fn transfer_experiment<B: AutodiffBackend>(
         source_model: source_row,
         num_classes: k,
     })
+}
+
+/// Runs [`transfer_experiment`] once per seed (training, fine-tuning and sampling seeds all set
+/// to it), each in `out/seed-S` (or `out` itself for a single seed, as before), and summarises
+/// the results. `progress` gets the seed's index with each stage.
+pub fn transfer_experiment_seeds<B: AutodiffBackend>(
+    cfg: &TransferConfig,
+    seeds: &[u64],
+    out: &Path,
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize, TransferStage),
+) -> Result<TransferSeeds, TransferError> {
+    if seeds.is_empty() {
+        return Err(TransferError::Config("--seeds must be at least 1".into()));
+    }
+    let mut runs = Vec::with_capacity(seeds.len());
+    for (i, &seed) in seeds.iter().enumerate() {
+        let mut one = cfg.clone();
+        one.source.seed = seed;
+        one.sample.seed = seed;
+        let dir = if seeds.len() == 1 {
+            out.to_path_buf()
+        } else {
+            out.join(format!("seed-{seed}"))
+        };
+        runs.push(transfer_experiment::<B>(
+            &one,
+            &dir,
+            device,
+            &mut |stage| progress(i, stage),
+        )?);
+    }
+    Ok(summarize_seeds(seeds, runs))
+}
+
+/// Mean and sample standard deviation over seeds (`std` is 0 for one seed).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MeanStd {
+    /// Mean over seeds.
+    pub mean: f64,
+    /// Sample standard deviation (n − 1) over seeds.
+    pub std: f64,
+}
+
+impl MeanStd {
+    /// Of `values` (at least one).
+    pub fn of(values: &[f64]) -> Self {
+        let n = values.len().max(1) as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let std = if values.len() > 1 {
+            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
+        Self { mean, std }
+    }
+}
+
+/// One setting over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeedRow {
+    /// The setting's name, as in [`TransferRow::setting`].
+    pub setting: String,
+    /// Mean log-density over seeds.
+    pub log_density: MeanStd,
+    /// FD over seeds.
+    pub fd: MeanStd,
+}
+
+/// What adding NAG does to a setting, paired per seed (same models, seeds and labels).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NagEffect {
+    /// The setting without NAG ("FT", "FT + CFG", "FT + DoG").
+    pub base: String,
+    /// log-density(with NAG) − log-density(without), over seeds (positive: NAG helps).
+    pub log_density_gain: MeanStd,
+    /// FD(with NAG) − FD(without), over seeds (negative: NAG helps).
+    pub fd_change: MeanStd,
+    /// Seeds in which NAG raised the log-density.
+    pub seeds_log_density_better: usize,
+    /// Seeds in which NAG lowered the FD.
+    pub seeds_fd_better: usize,
+}
+
+/// The table over several seeds (each seed trains its own source and fine-tuned models and
+/// samples with its own noise).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TransferSeeds {
+    /// The seeds, in order.
+    pub seeds: Vec<u64>,
+    /// Every row (real items and source model first, then the settings) over seeds.
+    pub rows: Vec<SeedRow>,
+    /// NAG's effect on each base setting, paired per seed.
+    pub nag_effect: Vec<NagEffect>,
+    /// Each seed's full result.
+    pub runs: Vec<TransferResult>,
+}
+
+/// Summarises per-seed results of [`transfer_experiment`] (same settings in each).
+pub fn summarize_seeds(seeds: &[u64], runs: Vec<TransferResult>) -> TransferSeeds {
+    let all_rows = |r: &TransferResult| -> Vec<TransferRow> {
+        std::iter::once(r.real.clone())
+            .chain(std::iter::once(r.source_model.clone()))
+            .chain(r.rows.iter().cloned())
+            .collect()
+    };
+    let per_run: Vec<Vec<TransferRow>> = runs.iter().map(all_rows).collect();
+    let names: Vec<String> = per_run
+        .first()
+        .map(|rows| rows.iter().map(|r| r.setting.clone()).collect())
+        .unwrap_or_default();
+    let find = |rows: &[TransferRow], name: &str| rows.iter().find(|r| r.setting == name).cloned();
+    let rows = names
+        .iter()
+        .map(|name| {
+            let found: Vec<TransferRow> = per_run.iter().filter_map(|r| find(r, name)).collect();
+            SeedRow {
+                setting: name.clone(),
+                log_density: MeanStd::of(&found.iter().map(|r| r.log_density).collect::<Vec<_>>()),
+                fd: MeanStd::of(&found.iter().map(|r| r.fd).collect::<Vec<_>>()),
+            }
+        })
+        .collect();
+    let nag_effect = ["FT", "FT + CFG", "FT + DoG"]
+        .iter()
+        .filter_map(|base| {
+            let pairs: Vec<(TransferRow, TransferRow)> = per_run
+                .iter()
+                .filter_map(|r| Some((find(r, base)?, find(r, &format!("{base} + NAG"))?)))
+                .collect();
+            (!pairs.is_empty()).then(|| {
+                let gain: Vec<f64> = pairs
+                    .iter()
+                    .map(|(a, b)| b.log_density - a.log_density)
+                    .collect();
+                let change: Vec<f64> = pairs.iter().map(|(a, b)| b.fd - a.fd).collect();
+                NagEffect {
+                    base: (*base).into(),
+                    log_density_gain: MeanStd::of(&gain),
+                    fd_change: MeanStd::of(&change),
+                    seeds_log_density_better: gain.iter().filter(|g| **g > 0.0).count(),
+                    seeds_fd_better: change.iter().filter(|c| **c < 0.0).count(),
+                }
+            })
+        })
+        .collect();
+    TransferSeeds {
+        seeds: seeds.to_vec(),
+        rows,
+        nag_effect,
+        runs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(setting: &str, log_density: f64, fd: f64) -> TransferRow {
+        TransferRow {
+            setting: setting.into(),
+            guidance: Guidance::none(),
+            log_density,
+            fd,
+            modes_covered: 5,
+            label_agreement: 1.0,
+        }
+    }
+
+    fn result(ft: (f64, f64), ft_nag: (f64, f64)) -> TransferResult {
+        TransferResult {
+            source: "gmm16:0-4".into(),
+            target: "gmm16:5-9".into(),
+            source_steps: 1,
+            finetune_steps: 1,
+            rows: vec![row("FT", ft.0, ft.1), row("FT + NAG", ft_nag.0, ft_nag.1)],
+            real: row("real target items", 10.0, 1.0),
+            source_model: row("source model, no fine-tuning", -10.0, 9.0),
+            num_classes: 5,
+        }
+    }
+
+    #[test]
+    fn seeds_summary_pairs_nag_with_its_base_per_seed() {
+        let s = summarize_seeds(
+            &[0, 1, 2],
+            vec![
+                result((-100.0, 30.0), (-90.0, 31.0)),
+                result((-200.0, 40.0), (-210.0, 38.0)),
+                result((-300.0, 50.0), (-280.0, 47.0)),
+            ],
+        );
+        assert_eq!(s.rows.len(), 4);
+        assert_eq!(s.rows[2].setting, "FT");
+        assert!((s.rows[2].log_density.mean + 200.0).abs() < 1e-12);
+        assert!((s.rows[2].log_density.std - 100.0).abs() < 1e-12);
+        assert_eq!(s.rows[0].fd.std, 0.0);
+        assert_eq!(s.nag_effect.len(), 1, "only FT has a NAG pair here");
+        let e = &s.nag_effect[0];
+        assert_eq!(e.base, "FT");
+        // Gains 10, −10, 20: mean 20/3; FD changes +1, −2, −3.
+        assert!((e.log_density_gain.mean - 20.0 / 3.0).abs() < 1e-12);
+        assert!((e.fd_change.mean + 4.0 / 3.0).abs() < 1e-12);
+        assert_eq!((e.seeds_log_density_better, e.seeds_fd_better), (2, 2));
+        assert_eq!(MeanStd::of(&[5.0]).std, 0.0);
+    }
 }

@@ -10,7 +10,9 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_train::generate::{SampleConfig, SamplerKind};
-use nag_train::transfer::{transfer_experiment, TransferConfig, TransferResult, TransferStage};
+use nag_train::transfer::{
+    transfer_experiment_seeds, TransferConfig, TransferResult, TransferSeeds, TransferStage,
+};
 
 use crate::progress::Progress;
 
@@ -44,9 +46,13 @@ pub struct TransferArgs {
     /// NAG weight with CFG or DoG (the paper's 2).
     #[arg(long, default_value_t = 2.0)]
     pub nag_with_cfg: f64,
-    /// Seed of training and sampling.
+    /// Seed of training and sampling (the first one with --seeds).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Repeat the whole experiment (training, fine-tuning, sampling) with this many seeds
+    /// (seed, seed + 1, …), each in OUT/seed-S, and report mean ± std and NAG's paired effect.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub seeds: u64,
     /// Output folder (models in `source/` and `finetuned/`, reused when finished).
     #[arg(long, default_value = "runs/experiment-transfer")]
     pub out: PathBuf,
@@ -64,29 +70,45 @@ struct Task<'a> {
 }
 
 impl BackendTask for Task<'_> {
-    type Output = Result<TransferResult>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TransferResult> {
-        let (source, finetune) = (
-            Progress::new(self.cfg.source.steps, "source steps"),
-            Progress::new(self.cfg.finetune_steps, "fine-tuning steps"),
-        );
-        let result =
-            transfer_experiment::<B>(
-                &self.cfg,
-                &self.args.out,
-                &device,
-                &mut |stage| match stage {
+    type Output = Result<TransferSeeds>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TransferSeeds> {
+        let seeds: Vec<u64> = (0..self.args.seeds).map(|i| self.args.seed + i).collect();
+        let mut bars: Option<(usize, Progress, Progress)> = None;
+        let result = transfer_experiment_seeds::<B>(
+            &self.cfg,
+            &seeds,
+            &self.args.out,
+            &device,
+            &mut |i, stage| {
+                if bars.as_ref().is_none_or(|b| b.0 != i) {
+                    let label = |what: &str| {
+                        if seeds.len() > 1 {
+                            format!("{what} (seed {})", seeds[i])
+                        } else {
+                            what.to_string()
+                        }
+                    };
+                    bars = Some((
+                        i,
+                        Progress::new(self.cfg.source.steps, &label("source steps")),
+                        Progress::new(self.cfg.finetune_steps, &label("fine-tuning steps")),
+                    ));
+                }
+                let (_, source, finetune) = bars.as_ref().expect("set above");
+                match stage {
                     TransferStage::Source(p) => source.set(p.step),
                     TransferStage::Finetune(p) => {
                         source.finish();
                         finetune.set(p.step)
                     }
-                    TransferStage::Sampled(i, n) => {
+                    TransferStage::Sampled(k, n) => {
+                        source.finish();
                         finetune.finish();
-                        eprintln!("sampled and measured setting {i}/{n}");
+                        eprintln!("seed {}: sampled and measured setting {k}/{n}", seeds[i]);
                     }
-                },
-            )?;
+                }
+            },
+        )?;
         Ok(result)
     }
 }
@@ -114,6 +136,42 @@ pub fn table(r: &TransferResult) -> String {
         ));
     }
     s
+}
+
+/// The table over seeds as markdown: every row as mean ± std, then NAG's paired effect.
+pub fn seeds_table(s: &TransferSeeds) -> String {
+    let first = &s.runs[0];
+    let mut t = format!(
+        "source `{}` ({} steps) → target `{}` ({} classes, {} fine-tuning steps); exact metrics \
+         under the target mixture; mean ± std over seeds {:?}\n\n| setting | log-density ↑ | FD ↓ |\n\
+         |---|---|---|\n",
+        first.source, first.source_steps, first.target, first.num_classes, first.finetune_steps, s.seeds
+    );
+    for row in &s.rows {
+        t.push_str(&format!(
+            "| {} | {:.1} ± {:.1} | {:.2} ± {:.2} |\n",
+            row.setting, row.log_density.mean, row.log_density.std, row.fd.mean, row.fd.std
+        ));
+    }
+    t.push_str(
+        "\nNAG's effect, paired per seed (same models, noise and labels):\n\n\
+         | base | log-density gain | seeds better | FD change | seeds better |\n|---|---|---|---|---|\n",
+    );
+    for e in &s.nag_effect {
+        t.push_str(&format!(
+            "| {} | {:+.1} ± {:.1} | {}/{} | {:+.2} ± {:.2} | {}/{} |\n",
+            e.base,
+            e.log_density_gain.mean,
+            e.log_density_gain.std,
+            e.seeds_log_density_better,
+            s.seeds.len(),
+            e.fd_change.mean,
+            e.fd_change.std,
+            e.seeds_fd_better,
+            s.seeds.len()
+        ));
+    }
+    t
 }
 
 /// Runs `cargo xtask experiment transfer`.
@@ -151,8 +209,15 @@ pub fn run(args: &TransferArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let result = dispatch(spec, Task { cfg, args })??;
-    let json = serde_json::to_string_pretty(&result)?;
-    let md = table(&result);
+    // One seed keeps the single-run files (as before); several write the summary with each run.
+    let (json, md) = if result.runs.len() == 1 {
+        (
+            serde_json::to_string_pretty(&result.runs[0])?,
+            table(&result.runs[0]),
+        )
+    } else {
+        (serde_json::to_string_pretty(&result)?, seeds_table(&result))
+    };
     nag_models::checkpoint::write_atomic(&args.out.join("results.json"), |w| {
         std::io::Write::write_all(w, json.as_bytes())
     })?;

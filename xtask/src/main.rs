@@ -21,6 +21,7 @@ mod progress;
 mod sample;
 mod shift;
 mod shift_run;
+mod signals;
 mod train;
 mod vae;
 
@@ -129,6 +130,7 @@ pub(crate) fn check_output_dir(path: &std::path::Path) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     allocator::tune_for_tensors();
+    signals::ignore_file_size_signal();
     let args = match expand_config(std::env::args().collect()) {
         Ok(a) => a,
         Err(e) => {

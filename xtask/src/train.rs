@@ -10,7 +10,8 @@ use clap::Args;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_train::data::OnError;
 use nag_train::objective::{InterpolantTarget, LossWeight};
-use nag_train::train::{train, ObjectiveKind, Progress, TrainConfig};
+use nag_train::run_dir::RunLock;
+use nag_train::train::{train, ObjectiveKind, TrainConfig, TrainEvent};
 
 /// Arguments of `cargo xtask train`. Every option may also come from `--config FILE.toml`;
 /// flags given on the command line win.
@@ -107,9 +108,14 @@ pub struct TrainArgs {
     /// Device: cpu, flex, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Continue the run in --out from its latest checkpoint.
+    /// Continue the run in --out from its newest good checkpoint (a damaged or incomplete
+    /// newer one is passed over, with the reason).
     #[arg(long)]
     pub resume: bool,
+    /// Keep this many of the newest checkpoints (at least 1; default 2, so that a damaged
+    /// newest one has a fallback).
+    #[arg(long)]
+    pub keep_checkpoints: Option<usize>,
 }
 
 /// The built-in default: a `tiny` DiT on 16-px `shapes`, sized to finish in a few minutes on
@@ -162,7 +168,8 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
         checkpoint_every,
         log_every,
         workers,
-        threads
+        threads,
+        keep_checkpoints
     );
     if let Some(v) = args.grad_clip {
         cfg.grad_clip = Some(v);
@@ -230,7 +237,28 @@ pub fn train_with_progress<B: AutodiffBackend>(
     {
         let start = Instant::now();
         let mut first_step: Option<(u64, Instant)> = None;
-        let summary = train::<B>(cfg, out, resume, device, |p: Progress| {
+        let summary = train::<B>(cfg, out, resume, device, |event| {
+            let p = match event {
+                TrainEvent::Progress(p) => p,
+                TrainEvent::Resumed {
+                    from,
+                    step,
+                    skipped,
+                } => {
+                    for s in &skipped {
+                        eprintln!("passed over {}: {}", s.dir.display(), s.reason);
+                    }
+                    eprintln!("resuming from {} (step {step})", from.display());
+                    return;
+                }
+                TrainEvent::NullTimestepInitialised(path) => {
+                    eprintln!(
+                        "note: {} has no null-timestep vector; it starts freshly initialised (fine-tune with --noise-dropout > 0 before using NAG)",
+                        path.display()
+                    );
+                    return;
+                }
+            };
             let (s0, t0) = *first_step.get_or_insert((p.step, Instant::now()));
             // Speed from the first report on (model set-up is not in it).
             let speed = if p.step > s0 {
@@ -277,6 +305,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if args.threads.is_none() {
         cfg.threads = default_threads(spec, cfg.grad_accum);
     }
+    if args.out.is_dir() {
+        // A run in progress there is named before anything else is said about the folder.
+        drop(RunLock::acquire(&args.out)?);
+    }
     if args.out.exists() && !args.resume && args.out.join("checkpoints").join("latest").exists() {
         bail!(
             "{} already holds a run; pass --resume to continue it or --out to start a new one",
@@ -291,6 +323,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         "training {model} on '{}' ({:?}) for {} steps, batch {}, noise dropout {}, on {spec}",
         cfg.data, cfg.objective, cfg.steps, cfg.batch, cfg.noise_dropout
     );
+    crate::signals::stop_training_on_signal();
     let summary = dispatch(
         spec,
         Task {
