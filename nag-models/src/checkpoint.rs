@@ -9,13 +9,24 @@
 //! - **safetensors**.
 //!
 //! Torch files are read with a small, safe pickle interpreter (the private `pickle` module) that
-//! never executes anything: classes it does not know (`argparse.Namespace`, `pathlib.PosixPath`,
-//! optimizer internals, ...) become opaque values, so a training checkpoint
-//! `{"model", "ema", "opt", "args"}` reads fine as long as the entry actually used holds plain
-//! tensors. Tensor views are honoured (storage offset and arbitrary strides), every float or
-//! integer dtype is converted to f32 (and reported in [`SourceInfo::converted`]), and every size
-//! in the file is checked before it is used, so a damaged file is an error naming the file,
-//! never a panic or a silently zero-filled tensor.
+//! never executes anything and, like `torch.load(weights_only=True)`, refuses any pickle naming a
+//! global outside a short allowlist (`pickle::ALLOWED_GLOBALS`: torch's tensor rebuild functions,
+//! storage classes and dtypes, `collections.OrderedDict`, a few builtins, and the
+//! `argparse.Namespace` / `pathlib` paths of training scripts' `args`): a file naming
+//! `os.system` or any other code is not a plain weights file and is an error naming that
+//! global. Allowed classes that are not containers or tensors become opaque values, so a training
+//! checkpoint `{"model", "ema", "opt", "args"}` reads fine as long as the entry actually used
+//! holds plain tensors. Tensor views are honoured (storage offset and arbitrary strides), every
+//! float or integer dtype is converted to f32 (and reported in [`SourceInfo::converted`]).
+//!
+//! Files come from strangers, so every size in them is checked against the file before it is
+//! used: string and bytes lengths against the remaining pickle, tensor shapes, strides and
+//! offsets against their storage, storages and zip entries against the file, the safetensors
+//! header against the data. Nothing is allocated from a declared count; nesting is bounded (no
+//! stack overflow, even for 100 000 nested lists) and the tensors read may repeat their storage
+//! data at most twice over (a stride-0 view claiming 2^40 elements is refused), so memory stays
+//! within a small multiple of the file. A damaged or hostile file is an error naming the file,
+//! never a panic, a huge allocation or a silently zero-filled tensor.
 //!
 //! Writing: [`save_safetensors`] (f32, atomic) and the model file pair
 //! [`save_model_files`] / [`load_model_files`] (`<name>.safetensors` + `<name>.json`).
@@ -352,16 +363,212 @@ fn decode_range(bytes: &[u8], elem: Elem, start: usize, count: usize) -> Vec<f32
 
 /// A safe subset of Python's unpickler, enough for `torch.save` files.
 ///
-/// Nothing is ever imported or called: `GLOBAL`s are names, and `REDUCE`/`NEWOBJ`/`BUILD`
-/// produce values only for the handful of callables torch uses for tensors and ordered dicts;
-/// everything else becomes an opaque [`Value::Object`]. Containers are shared (`Rc`), so memo
-/// references see later mutations, as in Python.
+/// Nothing is ever imported or called: `GLOBAL`s are names, checked against
+/// [`ALLOWED_GLOBALS`] (any other is an error, as in `torch.load(weights_only=True)`), and
+/// `REDUCE`/`NEWOBJ`/`BUILD` produce values only for the handful of callables torch uses for
+/// tensors and ordered dicts; every other allowed class becomes an opaque [`Value::Object`].
+/// Containers are shared (`Rc`), so memo references see later mutations, as in Python.
+///
+/// Hostile input: lengths are checked against the remaining input before anything is copied,
+/// the memo is a map (a huge index costs nothing), the number of opcodes is bounded
+/// ([`MAX_OPS`]), and values are dropped iteratively, so arbitrarily deep nesting cannot overflow
+/// the stack.
 mod pickle {
     use std::cell::RefCell;
     use std::collections::HashMap;
     use std::rc::Rc;
 
     use super::{torch_storage_elem_size, Elem};
+
+    /// The globals a plain weights file may name, as (module, names, why they are needed): any
+    /// other GLOBAL / STACK_GLOBAL / INST is refused, as `torch.load(weights_only=True)` does.
+    pub const ALLOWED_GLOBALS: &[(&str, &[&str], &str)] = &[
+        (
+            "collections",
+            &["OrderedDict"],
+            "the dict type of every state dict",
+        ),
+        (
+            "torch._utils",
+            &[
+                "_rebuild_tensor",
+                "_rebuild_tensor_v2",
+                "_rebuild_tensor_v3",
+                "_rebuild_parameter",
+                "_rebuild_parameter_with_state",
+                "_rebuild_buffer",
+            ],
+            "rebuild tensors and parameters from their storages",
+        ),
+        (
+            "torch._utils",
+            &[
+                "_rebuild_sparse_tensor",
+                "_rebuild_sparse_csr_tensor",
+                "_rebuild_qtensor",
+                "_rebuild_meta_tensor_no_storage",
+                "_rebuild_nested_tensor",
+                "_rebuild_wrapper_subclass",
+                "_rebuild_device_tensor_from_numpy",
+                "_rebuild_device_tensor_from_cpu_tensor",
+            ],
+            "other tensor kinds torch writes (refused later, when used, with a clear message)",
+        ),
+        (
+            "torch._tensor",
+            &["_rebuild_from_type_v2", "_rebuild_from_type"],
+            "tensor subclasses (a Parameter saved whole)",
+        ),
+        (
+            "torch.nn.parameter",
+            &["Parameter"],
+            "the class named by _rebuild_from_type_v2",
+        ),
+        (
+            "torch",
+            &[
+                "FloatStorage",
+                "DoubleStorage",
+                "HalfStorage",
+                "BFloat16Storage",
+                "LongStorage",
+                "IntStorage",
+                "ShortStorage",
+                "CharStorage",
+                "ByteStorage",
+                "BoolStorage",
+                "ComplexFloatStorage",
+                "ComplexDoubleStorage",
+                "ComplexHalfStorage",
+                "QInt32Storage",
+                "QInt8Storage",
+                "QUInt8Storage",
+                "QUInt4x2Storage",
+                "QUInt2x4Storage",
+                "UntypedStorage",
+                "TypedStorage",
+            ],
+            "storage classes named in torch's persistent ids",
+        ),
+        (
+            "torch.storage",
+            &["UntypedStorage", "TypedStorage"],
+            "the same storage classes under their defining module",
+        ),
+        (
+            "torch",
+            &[
+                "float32",
+                "float",
+                "float64",
+                "double",
+                "float16",
+                "half",
+                "bfloat16",
+                "int64",
+                "long",
+                "int32",
+                "int",
+                "int16",
+                "short",
+                "int8",
+                "uint8",
+                "uint16",
+                "uint32",
+                "uint64",
+                "bool",
+                "complex32",
+                "complex64",
+                "complex128",
+                "cfloat",
+                "cdouble",
+                "chalf",
+                "float8_e4m3fn",
+                "float8_e5m2",
+                "float8_e4m3fnuz",
+                "float8_e5m2fnuz",
+                "qint8",
+                "quint8",
+                "qint32",
+                "quint4x2",
+                "quint2x4",
+            ],
+            "dtypes, as given to _rebuild_tensor_v3",
+        ),
+        (
+            "torch",
+            &["Tensor", "Size", "device"],
+            "values torch pickles around tensors",
+        ),
+        (
+            "torch.serialization",
+            &["_get_layout"],
+            "tensor layouts of sparse tensors",
+        ),
+        (
+            "builtins",
+            &["set", "frozenset", "dict", "bytearray", "complex"],
+            "plain values pickled by reduction (protocol 2 spells the module __builtin__)",
+        ),
+        ("_codecs", &["encode"], "bytes objects at protocol 2"),
+        (
+            "argparse",
+            &["Namespace"],
+            "the 'args' entry of DiT/SiT training checkpoints (kept opaque, never built)",
+        ),
+        (
+            "pathlib",
+            &[
+                "Path",
+                "PurePath",
+                "PosixPath",
+                "PurePosixPath",
+                "WindowsPath",
+                "PureWindowsPath",
+            ],
+            "paths inside training 'args' (kept opaque, never built)",
+        ),
+    ];
+
+    /// The most opcodes one pickle may run (a weights file's pickle runs a few dozen per
+    /// tensor); bounds the memory a crafted pickle can make the interpreter hold.
+    pub const MAX_OPS: usize = 1 << 24;
+
+    /// How deep `_rebuild_from_type_v2` may nest (torch writes one level).
+    const MAX_CALL_DEPTH: usize = 8;
+
+    /// `(module, name)` if the global is allowed (Python 2's `__builtin__` read as `builtins`),
+    /// else the error naming it.
+    pub fn allowed_global(module: &str, name: &str, at: usize) -> Result<(String, String), String> {
+        let module = if module == "__builtin__" {
+            "builtins"
+        } else {
+            module
+        };
+        if ALLOWED_GLOBALS
+            .iter()
+            .any(|(m, names, _)| *m == module && names.contains(&name))
+        {
+            return Ok((module.to_string(), name.to_string()));
+        }
+        let mut full = format!("{module}.{name}").escape_debug().to_string();
+        if full.len() > 200 {
+            let cut = (0..=200)
+                .rev()
+                .find(|&i| full.is_char_boundary(i))
+                .unwrap_or(0);
+            full.truncate(cut);
+            full.push_str("...");
+        }
+        Err(format!(
+            "the pickle names the global `{full}` (offset {at}), which is refused: this is not a \
+             plain weights file. A weights file needs only tensors, containers and torch's \
+             tensor classes; a pickle naming other code (such as os.system) runs it when loaded \
+             with torch.load(weights_only=False). If you trust the file's source, load it in \
+             Python and re-save just the weights (torch.save(state_dict, path) or \
+             safetensors.torch.save_file)"
+        ))
+    }
 
     /// A storage named by a persistent id.
     #[derive(Debug)]
@@ -461,7 +668,44 @@ mod pickle {
         Bad(Rc<str>),
     }
 
+    impl Drop for Value {
+        /// Dismantles uniquely owned containers with an explicit work list: the default drop
+        /// recurses once per nesting level, so a pickle of 100 000 nested lists (200 kB) would
+        /// overflow the stack.
+        fn drop(&mut self) {
+            let mut pending = Vec::new();
+            self.take_children(&mut pending);
+            while let Some(mut v) = pending.pop() {
+                v.take_children(&mut pending);
+            }
+        }
+    }
+
     impl Value {
+        /// Moves the children of a container this value alone owns into `out`.
+        fn take_children(&mut self, out: &mut Vec<Value>) {
+            match self {
+                Value::Tuple(t) => {
+                    if let Some(items) = Rc::get_mut(t) {
+                        out.append(items);
+                    }
+                }
+                Value::List(l) => {
+                    if let Some(items) = Rc::get_mut(l) {
+                        out.append(items.get_mut());
+                    }
+                }
+                Value::Dict(d) => {
+                    if let Some(d) = Rc::get_mut(d) {
+                        let d = d.get_mut();
+                        d.index.clear();
+                        out.extend(d.entries.drain(..).map(|(_, v)| v));
+                    }
+                }
+                _ => {}
+            }
+        }
+
         pub fn type_name(&self) -> String {
             match self {
                 Value::None => "None".into(),
@@ -680,7 +924,7 @@ mod pickle {
         }
 
         fn run(&mut self) -> R<Value> {
-            loop {
+            for _ in 0..MAX_OPS {
                 let at = self.pos;
                 let op = self.u8()?;
                 match op {
@@ -886,16 +1130,18 @@ mod pickle {
                     b'c' => {
                         let module = self.line_str()?;
                         let name = self.line_str()?;
-                        self.stack.push(Value::Global(Rc::new((module, name))));
+                        let g = allowed_global(&module, &name, at)?;
+                        self.stack.push(Value::Global(Rc::new(g)));
                     }
                     0x93 => {
                         // STACK_GLOBAL
                         let name = self.pop()?;
                         let module = self.pop()?;
-                        match (module, name) {
-                            (Value::Str(m), Value::Str(n)) => self
-                                .stack
-                                .push(Value::Global(Rc::new((m.to_string(), n.to_string())))),
+                        match (&module, &name) {
+                            (Value::Str(m), Value::Str(n)) => {
+                                let g = allowed_global(m, n, at)?;
+                                self.stack.push(Value::Global(Rc::new(g)));
+                            }
                             _ => return Err(format!("STACK_GLOBAL without names at offset {at}")),
                         }
                     }
@@ -903,9 +1149,10 @@ mod pickle {
                         // INST module\nname\n with args on the stack after MARK.
                         let module = self.line_str()?;
                         let name = self.line_str()?;
+                        let g = allowed_global(&module, &name, at)?;
                         let args = self.pop_mark()?;
-                        let cls = Value::Global(Rc::new((module, name)));
-                        let v = self.call(cls, Value::Tuple(Rc::new(args)));
+                        let cls = Value::Global(Rc::new(g));
+                        let v = self.call(cls, Value::Tuple(Rc::new(args)), 0);
                         self.stack.push(v);
                     }
                     b'o' => {
@@ -915,14 +1162,14 @@ mod pickle {
                             return Err(format!("OBJ without a class at offset {at}"));
                         }
                         let cls = items.remove(0);
-                        let v = self.call(cls, Value::Tuple(Rc::new(items)));
+                        let v = self.call(cls, Value::Tuple(Rc::new(items)), 0);
                         self.stack.push(v);
                     }
                     b'R' | 0x81 => {
                         // REDUCE / NEWOBJ
                         let args = self.pop()?;
                         let f = self.pop()?;
-                        let v = self.call(f, args);
+                        let v = self.call(f, args, 0);
                         self.stack.push(v);
                     }
                     0x92 => {
@@ -930,7 +1177,7 @@ mod pickle {
                         let _kwargs = self.pop()?;
                         let args = self.pop()?;
                         let f = self.pop()?;
-                        let v = self.call(f, args);
+                        let v = self.call(f, args, 0);
                         self.stack.push(v);
                     }
                     b'b' => {
@@ -1006,6 +1253,10 @@ mod pickle {
                     }
                 }
             }
+            Err(format!(
+                "the pickle runs more than {MAX_OPS} opcodes (a weights file's runs a few dozen \
+                 per tensor): not a weights file"
+            ))
         }
 
         /// `pid` from a BINPERSID: torch's `('storage', cls, key, location, numel[, view])`.
@@ -1064,8 +1315,9 @@ mod pickle {
             }
         }
 
-        /// Applies a callable from REDUCE / NEWOBJ / INST / OBJ.
-        fn call(&mut self, f: Value, args: Value) -> Value {
+        /// Applies a callable from REDUCE / NEWOBJ / INST / OBJ; `depth` counts nested
+        /// `_rebuild_from_type_v2` applications.
+        fn call(&mut self, f: Value, args: Value, depth: usize) -> Value {
             let Value::Global(g) = &f else {
                 return Value::Object(Rc::new(Object {
                     class: format!("result of calling a {}", f.type_name()),
@@ -1100,11 +1352,16 @@ mod pickle {
                 | ("torch._tensor", "_rebuild_from_type") => {
                     // (func, new_type, args, state): apply func to args.
                     match (argv.first(), argv.get(2)) {
-                        (Some(func), Some(inner)) => self.call(func.clone(), inner.clone()),
+                        _ if depth >= MAX_CALL_DEPTH => {
+                            tensor_bad("_rebuild_from_type_v2 nests too deeply")
+                        }
+                        (Some(func), Some(inner)) => {
+                            self.call(func.clone(), inner.clone(), depth + 1)
+                        }
                         _ => tensor_bad("_rebuild_from_type_v2 with too few arguments"),
                     }
                 }
-                ("collections", "OrderedDict") | ("builtins", "dict") | ("__builtin__", "dict") => {
+                ("collections", "OrderedDict") | ("builtins", "dict") => {
                     let d = Value::Dict(Rc::default());
                     if let Some(Value::List(items)) = argv.first() {
                         if let Value::Dict(dd) = &d {
@@ -1196,11 +1453,31 @@ mod pickle {
 
 use pickle::{TensorRef, Value};
 
+/// The most values [`collect_tensors`] visits in one walk.
+const MAX_WALK_VISITS: usize = 2_000_000;
+
+/// The most bytes of tensor names [`collect_tensors`] builds in one walk (64 MiB).
+const MAX_WALK_NAME_BYTES: usize = 1 << 26;
+
+/// How deep nested dicts are followed (deeper ones are not state dicts and are skipped).
+const MAX_WALK_DEPTH: usize = 64;
+
+/// What one [`collect_tensors`] walk may still spend.
+struct WalkBudget {
+    visits: usize,
+    name_bytes: usize,
+}
+
 /// Collects the tensors under `v` with dotted names (nested dicts are flattened). Reference
-/// cycles are cut and the walk is bounded, so a crafted file cannot make it loop.
-fn collect_tensors(v: &Value, out: &mut Vec<(String, Value)>) {
-    let mut budget = 2_000_000usize;
-    collect_inner(v, "", out, &mut Vec::new(), &mut budget);
+/// cycles are cut and the walk is bounded: a crafted file whose dicts share children (2^60 paths
+/// through 60 levels) or whose keys are huge is an error, never an endless walk or a huge list
+/// of names.
+fn collect_tensors(v: &Value, out: &mut Vec<(String, Value)>) -> Result<(), String> {
+    let mut budget = WalkBudget {
+        visits: MAX_WALK_VISITS,
+        name_bytes: MAX_WALK_NAME_BYTES,
+    };
+    collect_inner(v, "", out, &mut Vec::new(), &mut budget)
 }
 
 fn collect_inner(
@@ -1208,32 +1485,43 @@ fn collect_inner(
     prefix: &str,
     out: &mut Vec<(String, Value)>,
     path: &mut Vec<*const std::cell::RefCell<pickle::Dict>>,
-    budget: &mut usize,
-) {
-    if *budget == 0 || path.len() > 64 {
-        return;
+    budget: &mut WalkBudget,
+) -> Result<(), String> {
+    if path.len() > MAX_WALK_DEPTH {
+        return Ok(());
     }
-    *budget -= 1;
+    let exhausted = || {
+        format!(
+            "the file's dicts reference each other more than {MAX_WALK_VISITS} times or build \
+             more than {} MiB of tensor names: not a plain weights file (crafted or corrupt)",
+            MAX_WALK_NAME_BYTES >> 20
+        )
+    };
+    budget.visits = budget.visits.checked_sub(1).ok_or_else(exhausted)?;
     match v {
         Value::Dict(d) => {
             let ptr = Rc::as_ptr(d);
             if path.contains(&ptr) {
-                return;
+                return Ok(());
             }
             path.push(ptr);
             for (k, child) in d.borrow().entries.iter() {
+                let key = k.text();
+                let len = prefix.len() + 1 + key.len();
+                budget.name_bytes = budget.name_bytes.checked_sub(len).ok_or_else(exhausted)?;
                 let name = if prefix.is_empty() {
-                    k.text()
+                    key
                 } else {
-                    format!("{prefix}.{}", k.text())
+                    format!("{prefix}.{key}")
                 };
-                collect_inner(child, &name, out, path, budget);
+                collect_inner(child, &name, out, path, budget)?;
             }
             path.pop();
         }
         Value::Tensor(_) | Value::Bad(_) => out.push((prefix.to_string(), v.clone())),
         _ => {}
     }
+    Ok(())
 }
 
 /// Training-checkpoint entries tried, in order, when no key is given.
@@ -1295,7 +1583,7 @@ fn select_torch(
                 ),
             ));
         }
-        collect_tensors(v, &mut out);
+        collect_tensors(v, &mut out).map_err(|e| corrupt(path, e))?;
         if out.is_empty() {
             return Err(corrupt(
                 path,
@@ -1311,12 +1599,12 @@ fn select_torch(
         return Ok(out);
     }
     if direct_tensors > 0 {
-        collect_tensors(root, &mut out);
+        collect_tensors(root, &mut out).map_err(|e| corrupt(path, e))?;
         return Ok(out);
     }
     for key in DEFAULT_KEYS {
         if let Some(v) = d.get(key) {
-            collect_tensors(v, &mut out);
+            collect_tensors(v, &mut out).map_err(|e| corrupt(path, e))?;
             if !out.is_empty() {
                 info.key = Some(key.to_string());
                 info.top_level_keys = keys;
@@ -1325,22 +1613,20 @@ fn select_torch(
         }
     }
     // A single entry holding tensors is unambiguous.
-    let holders: Vec<&str> = d
-        .entries
-        .iter()
-        .filter(|(_, v)| {
-            let mut t = Vec::new();
-            collect_tensors(v, &mut t);
-            !t.is_empty()
-        })
-        .map(|(k, _)| match k {
-            pickle::Key::Str(s) => s.as_str(),
-            _ => "",
-        })
-        .collect();
+    let mut holders: Vec<&str> = Vec::new();
+    for (k, v) in &d.entries {
+        let mut t = Vec::new();
+        collect_tensors(v, &mut t).map_err(|e| corrupt(path, e))?;
+        if !t.is_empty() {
+            holders.push(match k {
+                pickle::Key::Str(s) => s.as_str(),
+                _ => "",
+            });
+        }
+    }
     if holders.len() == 1 && !holders[0].is_empty() {
         let key = holders[0].to_string();
-        collect_tensors(d.get(&key).expect("present"), &mut out);
+        collect_tensors(d.get(&key).expect("present"), &mut out).map_err(|e| corrupt(path, e))?;
         info.key = Some(key);
         info.top_level_keys = keys;
         return Ok(out);
@@ -1362,11 +1648,69 @@ fn select_torch(
     ))
 }
 
+/// Deflate expands data at most 1032-fold; a zip entry declaring more uncompressed bytes per
+/// compressed byte (with slack) is corrupt or a zip bomb.
+const MAX_DEFLATE_RATIO: u64 = 1100;
+
+/// Checks a zip entry's declared size against its compressed size before anything is allocated
+/// from it: a stored entry cannot be bigger than its data, a deflated one more than
+/// [`MAX_DEFLATE_RATIO`] times bigger.
+pub(crate) fn check_zip_entry(entry: &zip::read::ZipFile<'_, impl Read>) -> Result<(), String> {
+    let (size, packed) = (entry.size(), entry.compressed_size());
+    let limit = if entry.compression() == zip::CompressionMethod::Stored {
+        packed
+    } else {
+        packed
+            .saturating_mul(MAX_DEFLATE_RATIO)
+            .saturating_add(1024)
+    };
+    if size > limit {
+        return Err(format!(
+            "entry '{}' declares {size} bytes from {packed} compressed bytes, more than its \
+             compression can produce (corrupt, or a zip bomb)",
+            entry.name()
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a zip entry whole, after [`check_zip_entry`]: the buffer grows with the data actually
+/// decompressed (its initial capacity is capped by `file_len`), one byte past the declared size
+/// is asked for so that a well-formed entry is read to its end (and its checksum verified), and
+/// an entry whose data is not exactly its declared size is an error.
+fn read_zip_entry(
+    entry: &mut zip::read::ZipFile<'_, impl Read>,
+    file_len: u64,
+) -> Result<Vec<u8>, String> {
+    check_zip_entry(entry)?;
+    let size = entry.size();
+    let mut out = Vec::with_capacity(size.min(file_len).min(usize::MAX as u64) as usize);
+    Read::by_ref(entry)
+        .take(size.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| format!("reading entry '{}': {e}", entry.name()))?;
+    if out.len() as u64 != size {
+        return Err(format!(
+            "entry '{}' holds {}{} bytes but declares {size} (truncated or corrupt)",
+            entry.name(),
+            if out.len() as u64 > size {
+                "more than "
+            } else {
+                ""
+            },
+            out.len().min(size as usize)
+        ));
+    }
+    Ok(out)
+}
+
 /// Storage bytes by key.
 enum StorageSource<'a> {
     Zip {
         archive: zip::ZipArchive<File>,
         prefix: String,
+        /// The archive's length, bounding what is allocated before data arrives.
+        file_len: u64,
     },
     Legacy {
         buf: &'a [u8],
@@ -1375,18 +1719,40 @@ enum StorageSource<'a> {
 }
 
 impl StorageSource<'_> {
+    /// The size in bytes the file declares for storage `key` (checked against the file; the
+    /// data is verified to match when read).
+    fn len(&mut self, key: &str) -> Result<u64, String> {
+        match self {
+            StorageSource::Zip {
+                archive, prefix, ..
+            } => {
+                let name = format!("{prefix}data/{key}");
+                let entry = archive
+                    .by_name(&name)
+                    .map_err(|e| format!("storage entry '{name}': {e}"))?;
+                check_zip_entry(&entry)?;
+                Ok(entry.size())
+            }
+            StorageSource::Legacy { table, .. } => table
+                .get(key)
+                .map(|&(_, len)| len as u64)
+                .ok_or_else(|| format!("storage '{key}' is not in the file's storage list")),
+        }
+    }
+
+    /// Storage `key`, whole.
     fn read(&mut self, key: &str) -> Result<Cow<'_, [u8]>, String> {
         match self {
-            StorageSource::Zip { archive, prefix } => {
+            StorageSource::Zip {
+                archive,
+                prefix,
+                file_len,
+            } => {
                 let name = format!("{prefix}data/{key}");
                 let mut entry = archive
                     .by_name(&name)
                     .map_err(|e| format!("storage entry '{name}': {e}"))?;
-                let mut out = Vec::with_capacity(entry.size().min(1 << 28) as usize);
-                entry
-                    .read_to_end(&mut out)
-                    .map_err(|e| format!("reading storage entry '{name}': {e}"))?;
-                Ok(Cow::Owned(out))
+                Ok(Cow::Owned(read_zip_entry(&mut entry, *file_len)?))
             }
             StorageSource::Legacy { buf, table } => {
                 let &(start, len) = table
@@ -1398,47 +1764,27 @@ impl StorageSource<'_> {
     }
 }
 
-/// Reads the selected tensors' data, converting to f32.
-fn materialize(
-    tensors: Vec<(String, Value)>,
-    source: &mut StorageSource<'_>,
-    path: &Path,
-    info: &mut SourceInfo,
-) -> Result<StateDict, CheckpointError> {
-    // Group by storage so that each storage is read once.
-    let mut by_storage: BTreeMap<String, Vec<(String, Rc<TensorRef>)>> = BTreeMap::new();
-    for (name, v) in tensors {
-        match v {
-            Value::Tensor(t) => by_storage
-                .entry(t.storage.key.clone())
-                .or_default()
-                .push((name, t)),
-            Value::Bad(reason) => {
-                return Err(corrupt(path, format!("entry '{name}': {reason}")));
-            }
-            _ => unreachable!("collect_tensors yields tensors only"),
-        }
-    }
-    let mut sd = StateDict::new();
-    for (key, list) in by_storage {
-        let bytes = source
-            .read(&key)
-            .map_err(|e| corrupt(path, format!("tensor '{}': {e}", list[0].0)))?;
-        for (name, t) in list {
-            let data =
-                gather(&bytes, &t).map_err(|e| corrupt(path, format!("tensor '{name}': {e}")))?;
-            let elem = t.elem.expect("gather checked");
-            if elem != Elem::F32 {
-                *info.converted.entry(elem.name().to_string()).or_default() += 1;
-            }
-            sd.insert(name, t.shape.clone(), data);
-        }
-    }
-    Ok(sd)
+/// The most dimensions a tensor may have.
+const MAX_RANK: usize = 64;
+
+/// The selected tensors may hold at most this many times the bytes of the storages they read
+/// (tied weights read one storage twice); more means overlapping (stride-0) or repeated views,
+/// refused so that memory stays a small multiple of the file.
+const MAX_REUSE: u64 = 2;
+
+/// Bytes allowed beyond [`MAX_REUSE`] (small broadcast tensors).
+const REUSE_SLACK: u64 = 4 << 20;
+
+/// A tensor view's geometry, checked for overflow: its element type, number of elements, the
+/// storage element (of its type) it starts at, and how many storage elements it needs.
+struct ViewGeometry {
+    elem: Elem,
+    numel: usize,
+    base: usize,
+    needed: usize,
 }
 
-/// Reads a strided tensor out of its storage bytes.
-fn gather(bytes: &[u8], t: &TensorRef) -> Result<Vec<f32>, String> {
+fn view_geometry(t: &TensorRef) -> Result<ViewGeometry, String> {
     let elem = t.elem.ok_or_else(|| {
         format!(
             "dtype {} cannot be converted to f32 (supported: float, double, half, bfloat16, \
@@ -1446,32 +1792,30 @@ fn gather(bytes: &[u8], t: &TensorRef) -> Result<Vec<f32>, String> {
             t.dtype_name
         )
     })?;
-    let esize = elem.size();
-    let storage_numel = bytes.len() / esize;
-    if let Some(declared) = t.storage.numel {
-        // For byte storages read as another dtype (v3) `declared` counts bytes.
-        let declared_bytes = declared.saturating_mul(t.storage.elem_size.unwrap_or(esize));
-        if bytes.len() < declared_bytes {
-            return Err(format!(
-                "storage '{}' should hold {declared_bytes} bytes but has {} (file truncated?)",
-                t.storage.key,
-                bytes.len()
-            ));
-        }
+    if t.shape.len() > MAX_RANK {
+        return Err(format!(
+            "the tensor has {} dimensions (at most {MAX_RANK} are read)",
+            t.shape.len()
+        ));
     }
     let numel = t
         .shape
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| format!("shape {:?} overflows", t.shape))?;
-    if numel == 0 {
-        return Ok(Vec::new());
-    }
     let base = t
         .storage
         .view_offset
         .checked_add(t.offset)
         .ok_or("storage offset overflows")?;
+    if numel == 0 {
+        return Ok(ViewGeometry {
+            elem,
+            numel,
+            base,
+            needed: 0,
+        });
+    }
     let mut last = base;
     for (&d, &s) in t.shape.iter().zip(&t.stride) {
         last = (d - 1)
@@ -1479,15 +1823,145 @@ fn gather(bytes: &[u8], t: &TensorRef) -> Result<Vec<f32>, String> {
             .and_then(|x| x.checked_add(last))
             .ok_or("strides overflow")?;
     }
-    if last >= storage_numel {
-        return Err(format!(
-            "shape {:?} with stride {:?} at offset {base} reads element {last}, but its storage \
-             '{}' has only {storage_numel} {} elements (file truncated or corrupt)",
-            t.shape,
-            t.stride,
-            t.storage.key,
-            elem.name()
+    let needed = last.checked_add(1).ok_or("strides overflow")?;
+    Ok(ViewGeometry {
+        elem,
+        numel,
+        base,
+        needed,
+    })
+}
+
+/// The error for a view reading past the end of its storage of `have` elements.
+fn past_storage(t: &TensorRef, g: &ViewGeometry, have: u64) -> String {
+    format!(
+        "shape {:?} with stride {:?} at offset {} reads element {}, but its storage '{}' has \
+         only {have} {} elements (file truncated or corrupt)",
+        t.shape,
+        t.stride,
+        g.base,
+        g.needed - 1,
+        t.storage.key,
+        g.elem.name()
+    )
+}
+
+/// Bytes storage `t.storage` declares in its persistent id, if it does.
+fn declared_storage_bytes(t: &TensorRef, esize: usize) -> Option<u64> {
+    let n = t.storage.numel? as u64;
+    // For byte storages read as another dtype (v3) `numel` counts bytes.
+    Some(n.saturating_mul(t.storage.elem_size.unwrap_or(esize) as u64))
+}
+
+/// Reads the selected tensors' data, converting to f32. Every view is checked against the size
+/// its storage has in the file, and the total against [`MAX_REUSE`], before anything is read.
+fn materialize(
+    tensors: Vec<(String, Value)>,
+    source: &mut StorageSource<'_>,
+    path: &Path,
+    info: &mut SourceInfo,
+) -> Result<StateDict, CheckpointError> {
+    // Group by storage so that each storage is read once.
+    let mut by_storage: BTreeMap<String, Vec<(String, Rc<TensorRef>, ViewGeometry)>> =
+        BTreeMap::new();
+    for (name, v) in tensors {
+        let t = match &v {
+            Value::Tensor(t) => t.clone(),
+            Value::Bad(reason) => {
+                return Err(corrupt(path, format!("entry '{name}': {reason}")));
+            }
+            _ => unreachable!("collect_tensors yields tensors only"),
+        };
+        let g = view_geometry(&t).map_err(|e| corrupt(path, format!("tensor '{name}': {e}")))?;
+        by_storage
+            .entry(t.storage.key.clone())
+            .or_default()
+            .push((name, t, g));
+    }
+    let (mut storage_bytes, mut view_bytes) = (0u64, 0u64);
+    for (key, list) in &by_storage {
+        let have = source
+            .len(key)
+            .map_err(|e| corrupt(path, format!("tensor '{}': {e}", list[0].0)))?;
+        for (name, t, g) in list {
+            let bad = |e: String| corrupt(path, format!("tensor '{name}': {e}"));
+            let esize = g.elem.size() as u64;
+            if let Some(declared) = declared_storage_bytes(t, g.elem.size()) {
+                if have < declared {
+                    return Err(bad(format!(
+                        "storage '{key}' should hold {declared} bytes but has {have} (file \
+                         truncated?)"
+                    )));
+                }
+            }
+            let needed = (g.needed as u64).saturating_mul(esize);
+            if needed > have {
+                return Err(bad(past_storage(t, g, have / esize)));
+            }
+            let bytes = (g.numel as u64).saturating_mul(esize);
+            if bytes > needed.saturating_mul(MAX_REUSE).saturating_add(REUSE_SLACK) {
+                return Err(bad(format!(
+                    "shape {:?} with stride {:?} claims {} elements over only {} elements of \
+                     its storage '{key}' (a stride-0 view this large is a crafted file; a real \
+                     one can be saved with .contiguous())",
+                    t.shape, t.stride, g.numel, g.needed
+                )));
+            }
+            view_bytes = view_bytes.saturating_add(bytes);
+        }
+        storage_bytes = storage_bytes.saturating_add(have);
+    }
+    if view_bytes
+        > storage_bytes
+            .saturating_mul(MAX_REUSE)
+            .saturating_add(REUSE_SLACK)
+    {
+        return Err(corrupt(
+            path,
+            format!(
+                "the tensors read hold {view_bytes} bytes of data but their storages only \
+                 {storage_bytes}: they repeat the same data more than {MAX_REUSE} times over \
+                 (many names for one tensor), refused to bound memory"
+            ),
         ));
+    }
+    let mut sd = StateDict::new();
+    for (key, list) in by_storage {
+        let bytes = source
+            .read(&key)
+            .map_err(|e| corrupt(path, format!("tensor '{}': {e}", list[0].0)))?;
+        for (name, t, g) in list {
+            let data =
+                gather(&bytes, &t).map_err(|e| corrupt(path, format!("tensor '{name}': {e}")))?;
+            if g.elem != Elem::F32 {
+                *info.converted.entry(g.elem.name().to_string()).or_default() += 1;
+            }
+            sd.insert(name, t.shape.clone(), data);
+        }
+    }
+    Ok(sd)
+}
+
+/// Reads a strided tensor out of its storage bytes, checking the view against them.
+fn gather(bytes: &[u8], t: &TensorRef) -> Result<Vec<f32>, String> {
+    let g = view_geometry(t)?;
+    let (elem, numel, base) = (g.elem, g.numel, g.base);
+    let esize = elem.size();
+    let storage_numel = bytes.len() / esize;
+    if let Some(declared) = declared_storage_bytes(t, esize) {
+        if (bytes.len() as u64) < declared {
+            return Err(format!(
+                "storage '{}' should hold {declared} bytes but has {} (file truncated?)",
+                t.storage.key,
+                bytes.len()
+            ));
+        }
+    }
+    if g.needed > storage_numel {
+        return Err(past_storage(t, &g, storage_numel as u64));
+    }
+    if numel == 0 {
+        return Ok(Vec::new());
     }
     let contiguous = pickle::contiguous_strides(&t.shape);
     let is_contiguous = t
@@ -1498,20 +1972,27 @@ fn gather(bytes: &[u8], t: &TensorRef) -> Result<Vec<f32>, String> {
     if is_contiguous {
         return Ok(decode_range(bytes, elem, base, numel));
     }
-    let rank = t.shape.len();
-    let mut idx = vec![0usize; rank];
+    // Odometer over the dimensions longer than 1 (last fastest). Every position visited is at
+    // most the last element checked above, and stepping back never goes below `base`.
+    let dims: Vec<(usize, usize)> = t
+        .shape
+        .iter()
+        .copied()
+        .zip(t.stride.iter().copied())
+        .filter(|&(d, _)| d > 1)
+        .collect();
+    let mut idx = vec![0usize; dims.len()];
     let mut out = Vec::with_capacity(numel);
     let mut pos = base;
     for _ in 0..numel {
         out.push(decode_one(bytes, elem, pos));
-        // Advance the multi-index (last dimension fastest).
-        for ax in (0..rank).rev() {
-            idx[ax] += 1;
-            pos += t.stride[ax];
-            if idx[ax] < t.shape[ax] {
+        for (ax, &(d, s)) in dims.iter().enumerate().rev() {
+            if idx[ax] + 1 < d {
+                idx[ax] += 1;
+                pos += s;
                 break;
             }
-            pos -= t.stride[ax] * t.shape[ax];
+            pos -= s * (d - 1);
             idx[ax] = 0;
         }
     }
@@ -1525,11 +2006,15 @@ const LEGACY_MAGIC: [u8; 15] = [
     0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e,
 ];
 
+/// The largest `data.pkl` read (a weights file's holds ~100 bytes per tensor).
+const MAX_PICKLE_BYTES: u64 = 1 << 28;
+
 fn load_torch_zip(
     path: &Path,
     opts: &LoadOptions,
 ) -> Result<(StateDict, SourceInfo), CheckpointError> {
     let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let file_len = file.metadata().map_err(|e| io_err(path, e))?.len();
     let mut archive = zip::ZipArchive::new(file)
         .map_err(|e| corrupt(path, format!("not a readable zip archive: {e}")))?;
     let pkl_name = archive
@@ -1546,22 +2031,38 @@ fn load_torch_zip(
     let prefix = pkl_name[..pkl_name.len() - "data.pkl".len()].to_string();
     if let Ok(mut e) = archive.by_name(&format!("{prefix}byteorder")) {
         let mut s = String::new();
-        if e.read_to_string(&mut s).is_ok() && s.trim() == "big" {
+        // A few bytes ("little" / "big"): never decompress more.
+        if Read::by_ref(&mut e).take(16).read_to_string(&mut s).is_ok() && s.trim() == "big" {
             return Err(corrupt(
                 path,
                 "saved on a big-endian machine; big-endian torch files are not supported",
             ));
         }
     }
-    let mut pkl = Vec::new();
-    archive
-        .by_name(&pkl_name)
-        .and_then(|mut e| e.read_to_end(&mut pkl).map_err(zip::result::ZipError::Io))
-        .map_err(|e| corrupt(path, format!("reading {pkl_name}: {e}")))?;
+    let pkl = {
+        let mut e = archive
+            .by_name(&pkl_name)
+            .map_err(|e| corrupt(path, format!("reading {pkl_name}: {e}")))?;
+        if e.size() > MAX_PICKLE_BYTES {
+            return Err(corrupt(
+                path,
+                format!(
+                    "{pkl_name} declares {} bytes (more than {} MiB): not a weights file's pickle",
+                    e.size(),
+                    MAX_PICKLE_BYTES >> 20
+                ),
+            ));
+        }
+        read_zip_entry(&mut e, file_len).map_err(|e| corrupt(path, e))?
+    };
     let loaded = pickle::load(&pkl).map_err(|e| corrupt(path, format!("{pkl_name}: {e}")))?;
     let mut info = SourceInfo::new(path, CheckpointFormat::TorchZip);
     let tensors = select_torch(&loaded.value, opts, path, &mut info)?;
-    let mut source = StorageSource::Zip { archive, prefix };
+    let mut source = StorageSource::Zip {
+        archive,
+        prefix,
+        file_len,
+    };
     let sd = materialize(tensors, &mut source, path, &mut info)?;
     Ok((sd, info))
 }
@@ -1789,7 +2290,7 @@ fn load_safetensors(
     f.read_exact(&mut n8)
         .map_err(|_| corrupt(path, "not a safetensors file: too short for a header"))?;
     let n = u64::from_le_bytes(n8);
-    if n > MAX_SAFETENSORS_HEADER || n > file_len - 8 {
+    if n > MAX_SAFETENSORS_HEADER || n > file_len.saturating_sub(8) {
         return Err(corrupt(
             path,
             format!(
@@ -1799,7 +2300,7 @@ fn load_safetensors(
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).map_err(|e| io_err(path, e))?;
-    let (entries, metadata) = parse_safetensors_header(&header, file_len - 8 - n)
+    let (entries, metadata) = parse_safetensors_header(&header, file_len.saturating_sub(8 + n))
         .map_err(|e| corrupt(path, format!("invalid safetensors file: {e}")))?;
     let mut info = SourceInfo::new(path, CheckpointFormat::Safetensors);
     info.metadata = metadata;
@@ -1865,7 +2366,7 @@ fn looks_like_safetensors(head: &[u8], file_len: u64) -> bool {
         return false;
     }
     let n = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-    n >= 2 && n <= file_len - 8 && head[8] == b'{'
+    n >= 2 && n <= file_len.saturating_sub(8) && head[8] == b'{'
 }
 
 /// The model file inside a directory: `model.safetensors`, else the only `*.safetensors`.
@@ -2136,7 +2637,7 @@ mod tests {
         let p: &[u8] = b"\x80\x02}q\x00X\x01\x00\x00\x00ah\x00s.";
         let l = pickle::load(p).unwrap();
         let mut out = Vec::new();
-        collect_tensors(&l.value, &mut out);
+        collect_tensors(&l.value, &mut out).unwrap();
         assert!(out.is_empty());
         // d0 = {}; d_{i+1} = {'a': d_i, 'b': d_i} for 60 levels: 2^60 paths.
         let mut p = b"\x80\x02}q\x00".to_vec();
@@ -2151,9 +2652,9 @@ mod tests {
         }
         p.push(b'.');
         let l = pickle::load(&p).unwrap();
-        let t0 = std::time::Instant::now();
-        collect_tensors(&l.value, &mut out);
-        assert!(t0.elapsed().as_secs() < 30);
+        // The walk stops at its budget with an error instead of a silently partial result.
+        let err = collect_tensors(&l.value, &mut out).unwrap_err();
+        assert!(err.contains("reference each other"), "{err}");
     }
 
     #[test]
@@ -2184,6 +2685,167 @@ mod tests {
             ..t
         };
         assert!(gather(&bytes, &t).is_err());
+    }
+
+    #[test]
+    fn globals_outside_the_allowlist_are_refused() {
+        for (p, name) in [
+            // GLOBAL + REDUCE: os.system('id').
+            (
+                &b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00id\x85R."[..],
+                "os.system",
+            ),
+            // STACK_GLOBAL (protocol 4).
+            (b"\x80\x04\x8c\x02os\x8c\x06system\x93.", "os.system"),
+            // INST.
+            (b"\x80\x02(X\x02\x00\x00\x00idios\nsystem\n.", "os.system"),
+            (b"\x80\x02c__builtin__\neval\n.", "builtins.eval"),
+            (b"\x80\x02ctorch\nload\n.", "torch.load"),
+            (b"\x80\x02csubprocess\nPopen\n.", "subprocess.Popen"),
+        ] {
+            let err = pickle::load(p).err().expect("refused");
+            assert!(
+                err.contains(&format!("`{name}`")) && err.contains("not a plain weights file"),
+                "{err}"
+            );
+        }
+        // What torch and the training scripts write is allowed.
+        for p in [
+            &b"\x80\x02ccollections\nOrderedDict\n)R."[..],
+            b"\x80\x02c__builtin__\nset\n]\x85R.",
+            b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n.",
+            b"\x80\x02ctorch\nbfloat16\n.",
+            b"\x80\x02cargparse\nNamespace\n)\x81}b.",
+            b"\x80\x02cpathlib\nPurePosixPath\nX\x01\x00\x00\x00r\x85R.",
+        ] {
+            assert!(pickle::load(p).is_ok(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn declared_lengths_and_memo_indices_are_checked() {
+        for p in [
+            &b"\x80\x02X\xff\xff\xff\xffabc."[..],
+            b"\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\x7fabc.",
+            b"\x80\x04\x8e\xff\xff\xff\xff\xff\xff\xff\xffabc.",
+            b"\x80\x02B\xff\xff\xff\x7fabc.",
+            b"\x80\x02\x8b\xff\xff\xff\x7f\x01.",
+            b"\x80\x02h\x07.",
+            b"\x80\x02j\xff\xff\xff\xff.",
+            b"\x80\x02g18446744073709551615\n.",
+        ] {
+            let err = pickle::load(p).err().expect("an error");
+            assert!(
+                err.contains("ends early") || err.contains("memo entry"),
+                "{err}"
+            );
+        }
+        // A huge memo index costs nothing: the memo is a map.
+        let l = pickle::load(b"\x80\x02Nr\xff\xff\xff\xff0j\xff\xff\xff\xff.").unwrap();
+        assert!(matches!(l.value, Value::None));
+    }
+
+    #[test]
+    fn deep_nesting_is_read_and_dropped_without_recursion() {
+        // On a 256 KiB stack: any recursion per nesting level would overflow it.
+        let run = || {
+            let n = 100_000usize;
+            let mut cases = Vec::new();
+            // MARK ×n then LIST ×n: n nested lists.
+            let mut p = b"\x80\x02".to_vec();
+            p.extend(std::iter::repeat_n(b'(', n));
+            p.extend(std::iter::repeat_n(b'l', n));
+            p.push(b'.');
+            cases.push(p);
+            // n nested 1-tuples.
+            let mut p = b"\x80\x02N".to_vec();
+            p.extend(std::iter::repeat_n(0x85u8, n));
+            p.push(b'.');
+            cases.push(p);
+            // n nested dicts {'a': {'a': ...}}.
+            let mut p = b"\x80\x02".to_vec();
+            for _ in 0..n {
+                p.extend_from_slice(b"(X\x01\x00\x00\x00a");
+            }
+            p.push(b'}');
+            p.extend(std::iter::repeat_n(b'd', n));
+            p.push(b'.');
+            cases.push(p);
+            // A chain built through the memo, top-down: list i is appended into list i-1 after
+            // both exist, so no depth is known when each container is made.
+            let mut p = b"\x80\x02]r\x00\x00\x00\x00".to_vec();
+            for i in 1..n as u32 {
+                p.push(b']');
+                p.push(b'r');
+                p.extend_from_slice(&i.to_le_bytes());
+                p.push(b'j');
+                p.extend_from_slice(&(i - 1).to_le_bytes());
+                p.push(b'j');
+                p.extend_from_slice(&i.to_le_bytes());
+                p.extend_from_slice(b"a00");
+            }
+            p.push(b'.');
+            cases.push(p);
+            // n nested _rebuild_from_type_v2 applications.
+            let mut p = b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\nq\x00h\x00".to_vec();
+            for _ in 0..n {
+                p.extend_from_slice(b"(h\x00N");
+            }
+            p.push(b')');
+            p.extend(std::iter::repeat_n(&b"Nt"[..], n).flatten());
+            p.extend_from_slice(b"R.");
+            cases.push(p);
+            for (i, p) in cases.iter().enumerate() {
+                let l = pickle::load(p).unwrap_or_else(|e| panic!("case {i}: {e}"));
+                let mut out = Vec::new();
+                collect_tensors(&l.value, &mut out).unwrap();
+                drop(l);
+            }
+        };
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(run)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn gather_handles_huge_strides_on_unit_dims_and_broadcasts() {
+        let st = Rc::new(pickle::Storage {
+            key: "0".into(),
+            class: "FloatStorage".into(),
+            elem: Some(Elem::F32),
+            elem_size: Some(4),
+            numel: Some(10),
+            view_offset: 0,
+        });
+        let bytes: Vec<u8> = (0..10).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        // A size-1 dimension may carry any stride: it is never stepped.
+        let t = TensorRef {
+            storage: st.clone(),
+            elem: Some(Elem::F32),
+            dtype_name: "FloatStorage".into(),
+            offset: 0,
+            shape: vec![2, 1, 3],
+            stride: vec![1, usize::MAX, 2],
+        };
+        assert_eq!(gather(&bytes, &t).unwrap(), vec![0., 2., 4., 1., 3., 5.]);
+        // A stride-0 broadcast.
+        let t = TensorRef {
+            offset: 7,
+            shape: vec![3],
+            stride: vec![0],
+            ..t
+        };
+        assert_eq!(gather(&bytes, &t).unwrap(), vec![7., 7., 7.]);
+        // Too many dimensions.
+        let t = TensorRef {
+            shape: vec![1; 65],
+            stride: vec![1; 65],
+            ..t
+        };
+        assert!(gather(&bytes, &t).unwrap_err().contains("dimensions"));
     }
 
     #[test]

@@ -13,11 +13,16 @@
 //!   FID-50K sample file).
 //!
 //! Errors ([`NpzError`]) name the file, the array and what would fix it.
+//!
+//! Archives come from strangers: an entry's declared size is checked against its compressed
+//! size (no zip bombs), the `.npy` header against the entry, and buffers grow with the data
+//! actually read, so no size the archive merely declares is allocated up front.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+use crate::checkpoint::check_zip_entry;
 use crate::npy::{npy_data_start, parse_npy, parse_npy_header, NpyArray, NpyError, NpyHeader};
 
 /// The most data bytes [`Npz::read`] / [`Npz::read_f64`] read into memory (1 GiB); bigger
@@ -107,6 +112,8 @@ type Entry<'a> = zip::read::ZipFile<'a, BufReader<File>>;
 /// An open `.npz` archive.
 pub struct Npz {
     path: String,
+    /// The archive's length in bytes.
+    file_len: u64,
     archive: zip::ZipArchive<BufReader<File>>,
 }
 
@@ -132,6 +139,36 @@ fn read_exact(r: &mut impl Read, buf: &mut [u8], path: &str, what: &str) -> Resu
             }
         }
     })
+}
+
+/// Appends exactly `len` bytes of entry `what` of `path` to `buf`. The buffer grows with the
+/// data actually read (from at most `file_len`, the archive's length, reserved), so a size the
+/// archive declares but does not hold costs nothing; a short entry is [`NpyError::Invalid`]
+/// (truncated).
+fn read_into(
+    r: &mut impl Read,
+    buf: &mut Vec<u8>,
+    len: usize,
+    file_len: u64,
+    path: &str,
+    what: &str,
+) -> Result<(), NpzError> {
+    let start = buf.len();
+    buf.reserve(len.min(usize::try_from(file_len).unwrap_or(usize::MAX)));
+    r.by_ref()
+        .take(len as u64)
+        .read_to_end(buf)
+        .map_err(|source| NpzError::Io {
+            path: path.to_string(),
+            source,
+        })?;
+    if buf.len() - start < len {
+        return Err(NpzError::Npy(NpyError::Invalid {
+            path: path.to_string(),
+            reason: format!("{what}: the entry ends early (truncated or corrupt)"),
+        }));
+    }
+    Ok(())
 }
 
 /// Reads the magic and header of a `.npy` stream, leaving `r` at the first data byte; returns
@@ -170,6 +207,13 @@ impl Npz {
             path: name.clone(),
             source,
         })?;
+        let file_len = file
+            .metadata()
+            .map_err(|source| NpzError::Io {
+                path: name.clone(),
+                source,
+            })?
+            .len();
         let archive = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| match e {
             zip::result::ZipError::Io(source) => NpzError::Io {
                 path: name.clone(),
@@ -182,6 +226,7 @@ impl Npz {
         })?;
         Ok(Self {
             path: name,
+            file_len,
             archive,
         })
     }
@@ -238,22 +283,27 @@ impl Npz {
                 reason: format!("entry {name}.npy: {other}"),
             },
         })?;
+        check_zip_entry(&entry).map_err(|reason| NpzError::NotZip {
+            path: path.clone(),
+            reason,
+        })?;
         let size = entry.size();
         let (header, raw) = read_header(&mut entry, &path, name)?;
-        let expected = header.data_len().ok_or_else(|| NpzError::Format {
-            path: path.clone(),
-            name: name.to_string(),
-            reason: format!("shape {:?} overflows", header.shape),
-        })?;
-        if size != (header.data_start + expected) as u64 {
+        let expected = header
+            .data_len()
+            .and_then(|n| n.checked_add(header.data_start))
+            .ok_or_else(|| NpzError::Format {
+                path: path.clone(),
+                name: name.to_string(),
+                reason: format!("shape {:?} overflows", header.shape),
+            })?;
+        if size != expected as u64 {
             return Err(NpyError::Invalid {
                 path: format!("{path} ({name}.npy)"),
                 reason: format!(
-                    "shape {:?} of {} needs {} bytes with its header but the entry has {size} \
-                     (truncated or corrupt)",
-                    header.shape,
-                    header.dtype,
-                    header.data_start + expected
+                    "shape {:?} of {} needs {expected} bytes with its header but the entry has \
+                     {size} (truncated or corrupt)",
+                    header.shape, header.dtype,
                 ),
             }
             .into());
@@ -269,12 +319,10 @@ impl Npz {
     /// Reads array `name` whole (dtypes as [`parse_npy`]: floats as `f32`, integers as `i64`),
     /// if its data is at most [`MAX_WHOLE_BYTES`].
     pub fn read(&mut self, name: &str) -> Result<NpyArray, NpzError> {
-        let path = self.path.clone();
+        let (path, file_len) = (self.path.clone(), self.file_len);
         let (mut entry, header, mut bytes) = self.open_entry(name)?;
         let len = whole_len(&header, &path, name)?;
-        let start = bytes.len();
-        bytes.resize(start + len, 0);
-        read_exact(&mut entry, &mut bytes[start..], &path, name)?;
+        read_into(&mut entry, &mut bytes, len, file_len, &path, name)?;
         Ok(parse_npy(&bytes, &format!("{path} ({name}.npy)"))?)
     }
 
@@ -282,11 +330,11 @@ impl Npz {
     /// `float64` values are kept exactly), with its shape, if its data is at most
     /// [`MAX_WHOLE_BYTES`].
     pub fn read_f64(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f64>), NpzError> {
-        let path = self.path.clone();
+        let (path, file_len) = (self.path.clone(), self.file_len);
         let (mut entry, header, _) = self.open_entry(name)?;
         let len = whole_len(&header, &path, name)?;
-        let mut data = vec![0u8; len];
-        read_exact(&mut entry, &mut data, &path, name)?;
+        let mut data = Vec::new();
+        read_into(&mut entry, &mut data, len, file_len, &path, name)?;
         let be = header.big_endian;
         let values: Vec<f64> = match header.dtype.as_str() {
             "f8" => data
@@ -336,7 +384,7 @@ impl Npz {
 
     /// Streams `arr_0`, which must be uint8 `[N, H, W, 3]` (the ADM evaluator's image batch).
     pub fn images(&mut self) -> Result<ImageRows<'_>, NpzError> {
-        let path = self.path.clone();
+        let (path, file_len) = (self.path.clone(), self.file_len);
         let (entry, header, _) = self.open_entry(IMAGES)?;
         let format = |reason: String| NpzError::Format {
             path: path.clone(),
@@ -350,7 +398,12 @@ impl Npz {
             return Err(format(format!("dtype is {}, not uint8", header.dtype)));
         }
         let shape: [usize; 4] = match header.shape.as_slice() {
-            &[n, h, w, 3] if h > 0 && w > 0 => [n, h, w, 3],
+            // H·W·3 must not overflow even when N = 0 (then the data length does not bound it).
+            &[n, h, w, 3]
+                if h > 0 && w > 0 && h.checked_mul(w).and_then(|p| p.checked_mul(3)).is_some() =>
+            {
+                [n, h, w, 3]
+            }
             other => {
                 return Err(format(format!(
                     "shape is {other:?}, not [N, H, W, 3] with H, W ≥ 1"
@@ -360,6 +413,7 @@ impl Npz {
         Ok(ImageRows {
             entry,
             path,
+            file_len,
             shape,
             next: 0,
         })
@@ -384,6 +438,7 @@ fn whole_len(header: &NpyHeader, path: &str, name: &str) -> Result<usize, NpzErr
 pub struct ImageRows<'a> {
     entry: Entry<'a>,
     path: String,
+    file_len: u64,
     shape: [usize; 4],
     next: usize,
 }
@@ -431,8 +486,17 @@ impl ImageRows<'_> {
         if take == 0 {
             return Ok(None);
         }
-        let mut buf = vec![0u8; take * self.image_bytes()];
-        read_exact(&mut self.entry, &mut buf, &self.path, IMAGES)?;
+        // take·H·W·3 ≤ N·H·W·3, the entry's data length (checked when it was opened).
+        let len = take * self.image_bytes();
+        let mut buf = Vec::new();
+        read_into(
+            &mut self.entry,
+            &mut buf,
+            len,
+            self.file_len,
+            &self.path,
+            IMAGES,
+        )?;
         self.next += take;
         Ok(Some(buf))
     }

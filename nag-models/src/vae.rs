@@ -67,6 +67,19 @@ pub const LOGVAR_RANGE: (f32, f32) = (-30.0, 20.0);
 
 const KIND: &str = "AutoencoderKL";
 
+/// Most resolution levels accepted in `block_out_channels` (SD's VAE has 4; the image side is
+/// divided by 2^(levels − 1)).
+pub const MAX_LEVELS: usize = 16;
+
+/// Most resnets per block accepted in `layers_per_block` (SD's VAE has 2).
+pub const MAX_LAYERS_PER_BLOCK: usize = 64;
+
+/// Largest channel count accepted anywhere in the config (SD's VAE peaks at 512).
+pub const MAX_CHANNELS: usize = 1 << 16;
+
+/// Largest `config.json` read (diffusers writes under 1 KB).
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// Errors from reading a VAE folder or running the VAE.
 #[derive(Debug, thiserror::Error)]
 pub enum VaeError {
@@ -267,16 +280,41 @@ impl VaeConfig {
         serde_json::to_string_pretty(&value).expect("a JSON value serialises")
     }
 
-    /// Checks the config can build a network.
+    /// Checks the config can build a network, with sizes bounded ([`MAX_LEVELS`],
+    /// [`MAX_LAYERS_PER_BLOCK`], [`MAX_CHANNELS`]) so that a hostile config cannot make the key
+    /// list or the network huge before any weight is read.
     pub fn validate(&self) -> Result<(), String> {
         if self.block_out_channels.is_empty() {
             return Err("block_out_channels is empty".into());
         }
+        if self.block_out_channels.len() > MAX_LEVELS {
+            return Err(format!(
+                "block_out_channels has {} levels (at most {MAX_LEVELS} are supported; SD's VAE \
+                 has 4)",
+                self.block_out_channels.len()
+            ));
+        }
         if self.layers_per_block == 0 {
             return Err("layers_per_block must be at least 1".into());
         }
+        if self.layers_per_block > MAX_LAYERS_PER_BLOCK {
+            return Err(format!(
+                "layers_per_block {} is more than the {MAX_LAYERS_PER_BLOCK} supported (SD's VAE \
+                 has 2)",
+                self.layers_per_block
+            ));
+        }
         if self.in_channels == 0 || self.out_channels == 0 || self.latent_channels == 0 {
             return Err("in_channels, out_channels and latent_channels must be positive".into());
+        }
+        if let Some(c) = [self.in_channels, self.out_channels, self.latent_channels]
+            .iter()
+            .chain(&self.block_out_channels)
+            .find(|&&c| c > MAX_CHANNELS)
+        {
+            return Err(format!(
+                "a channel count of {c} is more than the {MAX_CHANNELS} supported"
+            ));
         }
         let g = self.norm_num_groups;
         if let Some(c) = self
@@ -297,9 +335,11 @@ impl VaeConfig {
         Ok(())
     }
 
-    /// The image side is divided by this to give the latent side: `2^(levels − 1)`.
+    /// The image side is divided by this to give the latent side: `2^(levels − 1)` (for a
+    /// config [`VaeConfig::validate`] accepts; saturating at the top bit otherwise).
     pub fn downscale(&self) -> usize {
-        1 << (self.block_out_channels.len() - 1)
+        let shift = self.block_out_channels.len().saturating_sub(1);
+        1 << shift.min(usize::BITS as usize - 1)
     }
 
     /// Every state-dict key with its PyTorch shape, in the current diffusers naming.
@@ -844,10 +884,24 @@ impl<B: Backend> Vae<B> {
                     .into(),
             });
         }
-        let text = std::fs::read_to_string(&config_path).map_err(|e| VaeError::Config {
+        let unreadable = |e: std::io::Error| VaeError::Config {
             path: config_path.clone(),
             reason: format!("cannot read it ({e}); a diffusers VAE folder has a config.json"),
-        })?;
+        };
+        let file = std::fs::File::open(&config_path).map_err(unreadable)?;
+        let len = file.metadata().map_err(unreadable)?.len();
+        if len > MAX_CONFIG_BYTES {
+            return Err(VaeError::Config {
+                path: config_path.clone(),
+                reason: format!(
+                    "{len} bytes, more than the {MAX_CONFIG_BYTES} read (a diffusers config.json \
+                     is under 1 KB): not a VAE config"
+                ),
+            });
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_CONFIG_BYTES), &mut text)
+            .map_err(unreadable)?;
         let config = VaeConfig::from_diffusers_json(&text, &config_path)?;
         let weights = WEIGHT_FILES
             .iter()
