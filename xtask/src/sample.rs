@@ -225,6 +225,16 @@ impl BackendTask for Task<'_> {
         if n == 0 {
             bail!("--n must be at least 1");
         }
+        // A grid holds every sample in memory; an .npz is written in batches but still ends
+        // as one file. Refused before any work rather than failing an allocation later.
+        const MAX_GRID: usize = 4096;
+        const MAX_NPZ: usize = 10_000_000;
+        if args.npz.is_none() && n > MAX_GRID {
+            bail!("--n {n}: a PNG grid holds at most {MAX_GRID} images; write large sample sets with --npz FILE (in batches)");
+        }
+        if n > MAX_NPZ {
+            bail!("--n {n}: at most {MAX_NPZ} samples per .npz (FID-50K needs 50000)");
+        }
         let labels: Vec<i64> = (0..n as i64)
             .map(|i| {
                 args.class

@@ -1,6 +1,7 @@
 //! Training interrupted as it happens on shared machines, through the CLI a user runs:
 //! `kill -9` at random moments (checkpoint writes included), SIGTERM, and a file-size limit
 //! (as a full disk). Each time `--resume` must end bit-exact with an uninterrupted run.
+//! Also: a second process on a folder in use, and a sample count that cannot fit.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -190,6 +191,18 @@ fn sigterm_stops_at_a_step_with_a_checkpoint_and_file_size_limit_is_a_clear_erro
     let r = finish(&out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(std::fs::read(out.join("ema.safetensors")).unwrap() == reference);
+    // A sample count that cannot fit is refused before any work, not by a failed allocation.
+    let r = Command::new(XTASK)
+        .args(["sample", "--n", "100000000000", "--run"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("--npz"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("memory allocation"),
+        "{err}"
+    );
     // A second process on a folder in use is refused at once, naming the holder.
     let busy = root.join("busy");
     let mut first = train(&busy, false).spawn().unwrap();
