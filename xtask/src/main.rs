@@ -55,6 +55,17 @@ fn expand_config(args: Vec<String>) -> anyhow::Result<Vec<String>> {
             2,
         ),
     };
+    // A config is a handful of flags: refuse anything over 1 MiB before reading it. (Deep nesting
+    // is refused by the TOML parser's own recursion limit, as a parse error naming the file.)
+    const MAX_CONFIG_BYTES: u64 = 1 << 20;
+    let size = std::fs::metadata(&path)
+        .with_context(|| format!("reading --config {path}"))?
+        .len();
+    if size > MAX_CONFIG_BYTES {
+        anyhow::bail!(
+            "--config {path}: {size} bytes is over the limit of {MAX_CONFIG_BYTES} bytes"
+        );
+    }
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading --config {path}"))?;
     let table: toml::Table =
@@ -159,5 +170,50 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_config;
+
+    /// Hostile `--config` files are errors naming the file: too large, or nested 100k deep
+    /// (no stack overflow).
+    #[test]
+    fn hostile_config_files_are_clear_errors() {
+        let dir = std::env::temp_dir().join(format!("nag-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases = [
+            (
+                "deep.toml",
+                format!("a = {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+            ),
+            ("big.toml", "# padding\n".repeat(200_000)),
+            ("good.toml", "steps = 5\n".to_string()),
+        ];
+        for (name, text) in cases {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            let args = vec![
+                "xtask".into(),
+                "train".into(),
+                "--config".into(),
+                path.display().to_string(),
+            ];
+            match expand_config(args) {
+                Ok(a) => {
+                    assert_eq!(name, "good.toml");
+                    assert!(
+                        a.iter().any(|x| x == "--steps") && a.iter().any(|x| x == "5"),
+                        "{a:?}"
+                    );
+                }
+                Err(e) => {
+                    assert_ne!(name, "good.toml", "{e:#}");
+                    assert!(format!("{e:#}").contains(name), "{e:#}");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

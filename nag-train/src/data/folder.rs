@@ -45,21 +45,79 @@ pub fn decode_image(path: &Path) -> Result<RgbU8, DataError> {
     decode_image_bytes(&bytes).map_err(|reason| DataError::decode(path, reason))
 }
 
-/// Decodes PNG or JPEG bytes to 8-bit RGB; the error is a reason.
+/// The most pixels a decoded image may have (8192 × 8192). Memory is bounded by this fixed cap:
+/// at most 192 MiB of RGB output (256 MiB as RGBA), the decoders' working buffers a small multiple.
+pub const MAX_IMAGE_PIXELS: u64 = 1 << 26;
+
+/// Decodes PNG or JPEG bytes to 8-bit RGB; the error is a reason. Images declaring more than
+/// [`MAX_IMAGE_PIXELS`] are refused from their header, before any pixel buffer is allocated.
 pub fn decode_image_bytes(bytes: &[u8]) -> Result<RgbU8, String> {
+    decode_image_bytes_limited(bytes, MAX_IMAGE_PIXELS)
+}
+
+/// [`decode_image_bytes`] with a cap of `max_pixels` (width · height) instead of
+/// [`MAX_IMAGE_PIXELS`].
+pub fn decode_image_bytes_limited(bytes: &[u8], max_pixels: u64) -> Result<RgbU8, String> {
     if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        decode_png(bytes)
+        decode_png(bytes, max_pixels)
     } else if bytes.starts_with(&[0xFF, 0xD8]) {
-        decode_jpeg(bytes)
+        decode_jpeg(bytes, max_pixels)
     } else {
         Err("not a PNG or JPEG file".into())
     }
 }
 
-fn decode_png(bytes: &[u8]) -> Result<RgbU8, String> {
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+/// Refuses a declared size over the cap (or empty), naming it.
+fn check_size(format: &str, width: u64, height: u64, max_pixels: u64) -> Result<(), String> {
+    if width == 0 || height == 0 {
+        return Err(format!("{format}: empty image ({width}×{height})"));
+    }
+    if width.saturating_mul(height) > max_pixels {
+        return Err(format!(
+            "{format}: declared size {width}×{height} is over the limit of {max_pixels} pixels"
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes the PNG decoder may hold for metadata chunks (text, ICC profiles, …).
+const PNG_METADATA_LIMIT: usize = 16 << 20;
+
+/// Why the PNG decoder hit its memory limit while reading the header, naming the size that IHDR
+/// (always the first chunk, at a fixed offset) declares.
+fn png_limits_reason(bytes: &[u8], max_pixels: u64) -> String {
+    match bytes.get(12..24) {
+        Some(ihdr) if &ihdr[..4] == b"IHDR" => {
+            let width = u32::from_be_bytes([ihdr[4], ihdr[5], ihdr[6], ihdr[7]]);
+            let height = u32::from_be_bytes([ihdr[8], ihdr[9], ihdr[10], ihdr[11]]);
+            check_size("PNG", width.into(), height.into(), max_pixels)
+                .err()
+                .unwrap_or_else(|| {
+                    format!(
+                        "PNG: declared size {width}×{height} needs more than the decoder's limit \
+                         of {PNG_METADATA_LIMIT} bytes"
+                    )
+                })
+        }
+        _ => "PNG: the decoder's memory limit is exceeded".into(),
+    }
+}
+
+fn decode_png(bytes: &[u8], max_pixels: u64) -> Result<RgbU8, String> {
+    let limits = png::Limits {
+        bytes: PNG_METADATA_LIMIT,
+    };
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), limits);
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().map_err(|e| format!("PNG: {e}"))?;
+    // `read_info` parses the header chunks only; the size is checked before the frame buffer.
+    let mut reader = decoder.read_info().map_err(|e| match e {
+        png::DecodingError::LimitsExceeded => png_limits_reason(bytes, max_pixels),
+        e => format!("PNG: {e}"),
+    })?;
+    {
+        let header = reader.info();
+        check_size("PNG", header.width.into(), header.height.into(), max_pixels)?;
+    }
     let mut buf = vec![0u8; reader.output_buffer_size()];
     let info = reader
         .next_frame(&mut buf)
@@ -75,6 +133,11 @@ fn decode_png(bytes: &[u8]) -> Result<RgbU8, String> {
         png::ColorType::Rgba => 4,
         png::ColorType::Indexed => return Err("PNG: palette was not expanded".into()),
     };
+    if info.line_size < width * channels || buf.len() < info.line_size * height {
+        return Err(format!(
+            "PNG: frame of {width}×{height} does not fit its buffer"
+        ));
+    }
     let mut data = Vec::with_capacity(width * height * 3);
     for row in buf.chunks(info.line_size).take(height) {
         for px in row[..width * channels].chunks_exact(channels) {
@@ -91,8 +154,21 @@ fn decode_png(bytes: &[u8]) -> Result<RgbU8, String> {
     })
 }
 
-fn decode_jpeg(bytes: &[u8]) -> Result<RgbU8, String> {
+fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<RgbU8, String> {
     let mut decoder = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
+    // The header (up to the frame) first: the size is checked before any plane is allocated.
+    decoder.read_info().map_err(|e| format!("JPEG: {e}"))?;
+    let header = decoder.info().ok_or("JPEG: no image information")?;
+    check_size(
+        "JPEG",
+        header.width.into(),
+        header.height.into(),
+        max_pixels,
+    )?;
+    // Belt and braces: the decoder's own cap on its output (4 bytes a pixel at most, CMYK).
+    decoder.set_max_decoding_buffer_size(
+        usize::try_from(max_pixels.saturating_mul(4)).unwrap_or(usize::MAX),
+    );
     let pixels = decoder.decode().map_err(|e| format!("JPEG: {e}"))?;
     let info = decoder.info().ok_or("JPEG: no image information")?;
     let (width, height) = (info.width as usize, info.height as usize);
