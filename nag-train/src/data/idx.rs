@@ -62,7 +62,10 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
         .chunks_exact(4)
         .map(|b| u32::from_be_bytes(b.try_into().unwrap()) as usize)
         .collect();
-    let n: usize = dims.iter().product();
+    let n = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad(format!("dims {dims:?} overflow")))?;
     let size = match ty {
         0x08 | 0x09 => 1,
         0x0B => 2,
@@ -71,10 +74,9 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
         t => return Err(bad(format!("unknown element type 0x{t:02X}"))),
     };
     let body = &bytes[header..];
-    if body.len() != n * size {
+    if n.checked_mul(size) != Some(body.len()) {
         return Err(bad(format!(
-            "dims {dims:?} need {} data bytes, found {}",
-            n * size,
+            "dims {dims:?} need {n} × {size} data bytes, found {}",
             body.len()
         )));
     }

@@ -375,7 +375,7 @@ impl LatentStore {
         let [c, h, w] = p.latent_shape;
         let mut shards = Vec::with_capacity(manifest.shards.len());
         let mut starts = Vec::with_capacity(manifest.shards.len());
-        let mut labels = Vec::with_capacity(manifest.count);
+        let mut labels = Vec::new(); // grows with the shards read, not the declared count
         for entry in &manifest.shards {
             let path = dir.join(&entry.file);
             let file = File::open(&path).map_err(|e| DataError::io(&path, e))?;
