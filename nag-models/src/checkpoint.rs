@@ -2657,9 +2657,10 @@ mod tests {
         assert!(err.contains("reference each other"), "{err}");
     }
 
-    #[test]
-    fn strided_gather() {
-        let st = Rc::new(pickle::Storage {
+    /// The values 0..10 as f32 bytes, and a strided view of them (`offset`, `shape`, `stride`
+    /// in elements).
+    fn ten_f32s(offset: usize, shape: Vec<usize>, stride: Vec<usize>) -> (Vec<u8>, TensorRef) {
+        let storage = Rc::new(pickle::Storage {
             key: "0".into(),
             class: "FloatStorage".into(),
             elem: Some(Elem::F32),
@@ -2667,16 +2668,22 @@ mod tests {
             numel: Some(10),
             view_offset: 0,
         });
-        let bytes: Vec<u8> = (0..10).flat_map(|i| (i as f32).to_le_bytes()).collect();
-        // A (2,3) tensor transposed: shape (3,2), stride (1,3), offset 1.
-        let t = TensorRef {
-            storage: st.clone(),
+        let bytes = (0..10).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let view = TensorRef {
+            storage,
             elem: Some(Elem::F32),
             dtype_name: "FloatStorage".into(),
-            offset: 1,
-            shape: vec![3, 2],
-            stride: vec![1, 3],
+            offset,
+            shape,
+            stride,
         };
+        (bytes, view)
+    }
+
+    #[test]
+    fn strided_gather() {
+        // A (2,3) tensor transposed: shape (3,2), stride (1,3), offset 1.
+        let (bytes, t) = ten_f32s(1, vec![3, 2], vec![1, 3]);
         assert_eq!(gather(&bytes, &t).unwrap(), vec![1., 4., 2., 5., 3., 6.]);
         let t = TensorRef {
             offset: 5,
@@ -2812,24 +2819,8 @@ mod tests {
 
     #[test]
     fn gather_handles_huge_strides_on_unit_dims_and_broadcasts() {
-        let st = Rc::new(pickle::Storage {
-            key: "0".into(),
-            class: "FloatStorage".into(),
-            elem: Some(Elem::F32),
-            elem_size: Some(4),
-            numel: Some(10),
-            view_offset: 0,
-        });
-        let bytes: Vec<u8> = (0..10).flat_map(|i| (i as f32).to_le_bytes()).collect();
         // A size-1 dimension may carry any stride: it is never stepped.
-        let t = TensorRef {
-            storage: st.clone(),
-            elem: Some(Elem::F32),
-            dtype_name: "FloatStorage".into(),
-            offset: 0,
-            shape: vec![2, 1, 3],
-            stride: vec![1, usize::MAX, 2],
-        };
+        let (bytes, t) = ten_f32s(0, vec![2, 1, 3], vec![1, usize::MAX, 2]);
         assert_eq!(gather(&bytes, &t).unwrap(), vec![0., 2., 4., 1., 3., 5.]);
         // A stride-0 broadcast.
         let t = TensorRef {

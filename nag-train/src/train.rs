@@ -508,13 +508,6 @@ struct State {
 
 use run_dir::checkpoint_dir;
 
-/// The newest complete checkpoint of a run, if any (the one `checkpoints/latest` names).
-pub fn latest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
-    let name = fs::read_to_string(run_dir.join("checkpoints").join("latest")).ok()?;
-    let dir = run_dir.join("checkpoints").join(name.trim());
-    dir.join("state.json").is_file().then_some(dir)
-}
-
 /// Whether every value of every float parameter of `model` is finite.
 fn all_finite<B: Backend>(model: &Dit<B>) -> bool {
     struct Finite(bool);
@@ -679,26 +672,29 @@ fn write_checkpoint<B: AutodiffBackend, O: Optimizer<Dit<B>, B>>(
     Ok(dir)
 }
 
+/// The trainer's AdamW state, as stored in a checkpoint's `optim` record.
+type OptimRecord<B> =
+    <burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Dit<B>, B> as Optimizer<
+        Dit<B>,
+        B,
+    >>::Record;
+
+/// What a checkpoint holds, loaded.
+struct Checkpoint<B: AutodiffBackend> {
+    model: Dit<B>,
+    ema: Dit<B::InnerBackend>,
+    optim: OptimRecord<B>,
+    state: State,
+}
+
 /// A checkpoint's model, EMA and optimiser records and state, read without touching the
 /// live ones (so a damaged checkpoint can be passed over).
-#[allow(clippy::type_complexity)]
 fn load_checkpoint<B: AutodiffBackend>(
     model: &Dit<B>,
     ema_model: &Dit<B::InnerBackend>,
     dir: &Path,
     device: &B::Device,
-) -> Result<
-    (
-        Dit<B>,
-        Dit<B::InnerBackend>,
-        <burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Dit<B>, B> as Optimizer<
-            Dit<B>,
-            B,
-        >>::Record,
-        State,
-    ),
-    TrainError,
-> {
+) -> Result<Checkpoint<B>, TrainError> {
     let state_path = dir.join("state.json");
     let state: State = serde_json::from_slice(&io(&state_path, fs::read(&state_path))?)
         .map_err(|e| TrainError::Config(format!("{}: {e}", state_path.display())))?;
@@ -710,7 +706,12 @@ fn load_checkpoint<B: AutodiffBackend>(
             path: dir.join("optim"),
             reason: e.to_string(),
         })?;
-    Ok((m, e, o, state))
+    Ok(Checkpoint {
+        model: m,
+        ema: e,
+        optim: o,
+        state,
+    })
 }
 
 fn save_record<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<(), TrainError> {
@@ -866,7 +867,7 @@ pub fn train<B: AutodiffBackend>(
                 Err(reason) => skipped.push(Skipped { dir, reason }),
             }
         }
-        let Some((step, dir, (m, e, o, state))) = chosen else {
+        let Some((step, dir, loaded)) = chosen else {
             let detail = skipped
                 .iter()
                 .map(|s| format!("\n  {}: {}", s.dir.display(), s.reason))
@@ -880,18 +881,18 @@ pub fn train<B: AutodiffBackend>(
                 },
             });
         };
-        if state.step != step {
+        if loaded.state.step != step {
             return Err(TrainError::Config(format!(
                 "{}: state.json says step {}, the folder's name step {step}",
                 dir.display(),
-                state.step
+                loaded.state.step
             )));
         }
-        model = m;
-        ema_model = e;
-        optim = optim.load_record(o);
-        start = state.step;
-        ema_updates = state.ema_updates;
+        model = loaded.model;
+        ema_model = loaded.ema;
+        optim = optim.load_record(loaded.optim);
+        start = loaded.state.step;
+        ema_updates = loaded.state.ema_updates;
         on_event(TrainEvent::Resumed {
             from: dir,
             step,

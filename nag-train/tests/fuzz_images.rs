@@ -3,10 +3,18 @@
 //! (`data.len() == w·h·3`), never a panic, and never allocate past a cap (a counting global
 //! allocator watches the peak of live bytes).
 
+#[path = "../src/data/testutil.rs"]
+#[allow(dead_code)]
+mod testutil;
+
 use std::alloc::{GlobalAlloc, Layout, System};
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng};
 
 use nag_train::data::folder::{
     decode_image, decode_image_bytes, decode_image_bytes_limited, MAX_IMAGE_PIXELS,
@@ -100,61 +108,7 @@ fn ramp(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 37 % 251) as u8).collect()
 }
 
-/// A baseline JPEG of one flat 8×8 block per component (`values`: 1 gray value, or Y, Cb,
-/// Cr), built by hand (the same construction as the crate's unit-test helper).
-fn tiny_jpeg(values: &[u8]) -> Vec<u8> {
-    let nf = values.len() as u8;
-    let mut out = vec![0xFF, 0xD8];
-    out.extend([0xFF, 0xDB, 0, 67, 0]);
-    out.extend([1u8; 64]);
-    out.extend([0xFF, 0xC0, 0, 8 + 3 * nf, 8, 0, 8, 0, 8, nf]);
-    for id in 1..=nf {
-        out.extend([id, 0x11, 0]);
-    }
-    let mut bits = [0u8; 16];
-    bits[3] = 12;
-    out.extend([0xFF, 0xC4, 0, 2 + 1 + 16 + 12, 0x00]);
-    out.extend(bits);
-    out.extend(0u8..12);
-    let mut bits = [0u8; 16];
-    bits[0] = 1;
-    out.extend([0xFF, 0xC4, 0, 2 + 1 + 16 + 1, 0x10]);
-    out.extend(bits);
-    out.push(0);
-    out.extend([0xFF, 0xDA, 0, 6 + 2 * nf, nf]);
-    for id in 1..=nf {
-        out.extend([id, 0x00]);
-    }
-    out.extend([0, 63, 0]);
-    let mut bitbuf: Vec<bool> = Vec::new();
-    let mut push = |v: u32, n: u32| (0..n).rev().for_each(|i| bitbuf.push(v >> i & 1 == 1));
-    for &v in values {
-        let dc = 8 * (v as i32 - 128);
-        let cat = 32 - dc.unsigned_abs().leading_zeros();
-        push(cat, 4);
-        let bits = if dc >= 0 {
-            dc as u32
-        } else {
-            (dc - 1) as u32 & ((1 << cat) - 1)
-        };
-        push(bits, cat);
-        push(0, 1);
-    }
-    while !bitbuf.len().is_multiple_of(8) {
-        bitbuf.push(true);
-    }
-    for byte in bitbuf.chunks(8) {
-        let b = byte.iter().fold(0u8, |a, &bit| a << 1 | bit as u8);
-        out.push(b);
-        if b == 0xFF {
-            out.push(0);
-        }
-    }
-    out.extend([0xFF, 0xD9]);
-    out
-}
-
-/// Offset of the SOF0 height field in [`tiny_jpeg`]'s output (width follows it).
+/// Offset of the SOF0 height field in [`testutil::tiny_jpeg`]'s output (width follows it).
 const JPEG_SOF_HEIGHT: usize = 2 + 69 + 5;
 
 fn seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -211,27 +165,26 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 &[0, 1, 2, 3, 4, 5, 6, 7, 15],
             ),
         ),
-        ("jpeg-gray", tiny_jpeg(&[144])),
-        ("jpeg-ycbcr", tiny_jpeg(&[144, 128, 144])),
+        ("jpeg-gray", testutil::tiny_jpeg(&[144])),
+        ("jpeg-ycbcr", testutil::tiny_jpeg(&[144, 128, 144])),
     ]
 }
 
 // ---------------------------------------------------------------------------------------------
 // Mutation.
 
-/// SplitMix64: a tiny, seeded, portable generator.
-struct Rng(u64);
+/// The mutations' randomness: rand's seeded `StdRng` behind the two draws the fuzzer uses.
+struct Rng(StdRng);
 
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(StdRng::seed_from_u64(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.random()
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        self.0.random_range(0..n.max(1))
     }
 }
 
@@ -338,7 +291,7 @@ fn mutated_images_never_panic_or_overallocate() {
         );
         for case in 0..CASES_PER_SEED {
             let id = (s as u64) << 32 | case;
-            let mut rng = Rng(0x5EED_0000 ^ id);
+            let mut rng = Rng::new(0x5EED_0000 ^ id);
             let mut bytes = seed.clone();
             let edits = mutate(&mut rng, &mut bytes);
             if name.starts_with("png") && rng.below(4) != 0 {
@@ -410,7 +363,7 @@ fn png_declaring(w: u32, h: u32) -> Vec<u8> {
 }
 
 fn jpeg_declaring(w: u16, h: u16) -> Vec<u8> {
-    let mut bytes = tiny_jpeg(&[144, 128, 144]);
+    let mut bytes = testutil::tiny_jpeg(&[144, 128, 144]);
     bytes[JPEG_SOF_HEIGHT..JPEG_SOF_HEIGHT + 2].copy_from_slice(&h.to_be_bytes());
     bytes[JPEG_SOF_HEIGHT + 2..JPEG_SOF_HEIGHT + 4].copy_from_slice(&w.to_be_bytes());
     bytes

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 const STEPS: u64 = 12;
 
@@ -56,28 +59,17 @@ fn uninterrupted(root: &Path) -> (Vec<u8>, Duration) {
     )
 }
 
-/// A small deterministic generator for the kill times (xorshift64*).
-struct Times(u64);
-impl Times {
-    fn next_fraction(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 #[test]
 fn kill_9_at_random_moments_then_resume_is_bit_exact() {
     let root = base("kill9");
     let (reference, full) = uninterrupted(&root);
     let out = root.join("killed");
-    let mut times = Times(0x9e37_79b9_7f4a_7c15);
+    let mut times = StdRng::seed_from_u64(9);
     let mut kills = 0;
     // Eight kills at seeded moments over a run's length (start-up, steps, checkpoint writes).
     while kills < 8 {
         let mut child = train(&out, has_checkpoint(&out)).spawn().unwrap();
-        let at = full.mul_f64(0.1 + 0.8 * times.next_fraction());
+        let at = full.mul_f64(0.1 + 0.8 * times.random::<f64>());
         let start = Instant::now();
         let finished = loop {
             if let Some(status) = child.try_wait().unwrap() {
