@@ -179,6 +179,13 @@ pub fn run(args: &TransferArgs) -> Result<()> {
     if args.source_steps == 0 || args.finetune_steps == 0 || args.steps == 0 {
         bail!("--source-steps, --finetune-steps and --steps must be at least 1");
     }
+    if args.seed.checked_add(args.seeds - 1).is_none() {
+        bail!(
+            "--seed {} + --seeds {} runs past the largest seed; pick a smaller --seed",
+            args.seed,
+            args.seeds
+        );
+    }
     let spec = DeviceSpec::parse(&args.device)?;
     let mut source = crate::train::default_config();
     source.data = args.source.clone();
