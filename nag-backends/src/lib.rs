@@ -53,6 +53,14 @@ pub enum BackendError {
         /// Cargo feature that enables it.
         feature: &'static str,
     },
+    /// Data-parallel devices of different backends.
+    #[error(
+        "--devices {0}: every replica must be on the same backend (e.g. cpu,cpu or cuda:0,cuda:1)"
+    )]
+    MixedDevices(String),
+    /// No device in a list.
+    #[error("--devices: no device given")]
+    NoDevices,
 }
 
 /// A device named on the command line.
@@ -176,9 +184,76 @@ pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, 
     }
 }
 
+/// A task generic over the autodiff backend that runs on several devices of it (data-parallel
+/// replicas).
+pub trait DevicesTask {
+    /// What the task returns.
+    type Output;
+    /// Runs the task on backend `B` and `devices` (at least one).
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output;
+}
+
+/// Runs `task` on the devices `specs` names, which must share a backend.
+pub fn dispatch_devices<T: DevicesTask>(
+    specs: &[DeviceSpec],
+    task: T,
+) -> Result<T::Output, BackendError> {
+    let Some(&first) = specs.first() else {
+        return Err(BackendError::NoDevices);
+    };
+    let same =
+        |a: DeviceSpec, b: DeviceSpec| core::mem::discriminant(&a) == core::mem::discriminant(&b);
+    if !specs.iter().all(|&s| same(s, first)) {
+        let list: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+        return Err(BackendError::MixedDevices(list.join(",")));
+    }
+    first.ensure_compiled(&first.to_string())?;
+    match first {
+        #[cfg(feature = "ndarray")]
+        DeviceSpec::Cpu => Ok(task.run::<Autodiff<NdArray>>(
+            specs
+                .iter()
+                .map(|_| burn_ndarray::NdArrayDevice::Cpu)
+                .collect(),
+        )),
+        #[cfg(feature = "flex")]
+        DeviceSpec::Flex => {
+            Ok(task.run::<Autodiff<Flex>>(specs.iter().map(|_| burn_flex::FlexDevice).collect()))
+        }
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(_) => Ok(task.run::<Autodiff<Cuda>>(
+            specs
+                .iter()
+                .map(|s| match s {
+                    DeviceSpec::Cuda(n) => burn_cuda::CudaDevice::new(*n),
+                    _ => unreachable!("checked above: every spec is a CUDA device"),
+                })
+                .collect(),
+        )),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("ensure_compiled rejects backends that are not compiled in"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_lists_share_a_backend() {
+        struct Count;
+        impl DevicesTask for Count {
+            type Output = usize;
+            fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> usize {
+                devices.len()
+            }
+        }
+        assert_eq!(dispatch_devices(&[DeviceSpec::Cpu; 3], Count), Ok(3));
+        assert_eq!(dispatch_devices(&[], Count), Err(BackendError::NoDevices));
+        let e = dispatch_devices(&[DeviceSpec::Cpu, DeviceSpec::Cuda(0)], Count).unwrap_err();
+        assert_eq!(e, BackendError::MixedDevices("cpu,cuda:0".into()));
+        assert!(e.to_string().contains("same backend"));
+    }
 
     #[test]
     fn parses_device_strings() {

@@ -38,6 +38,7 @@ pub mod latent_extract;
 pub mod metrics;
 pub mod objective;
 pub mod oracle;
+pub mod parallel;
 pub mod run_dir;
 pub mod sample_set;
 pub mod sampling;

@@ -2,16 +2,17 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use nag_backends::{dispatch, BackendTask, DeviceSpec};
+use nag_backends::{dispatch_devices, DeviceSpec, DevicesTask};
 use nag_train::data::OnError;
 use nag_train::objective::{InterpolantTarget, LossWeight};
+use nag_train::parallel::{Cluster, Replicas};
 use nag_train::run_dir::RunLock;
-use nag_train::train::{train, ObjectiveKind, TrainConfig, TrainEvent};
+use nag_train::train::{train_replicas, ObjectiveKind, TrainConfig, TrainEvent};
 
 /// Arguments of `cargo xtask train`. Every option may also come from `--config FILE.toml`;
 /// flags given on the command line win.
@@ -108,6 +109,30 @@ pub struct TrainArgs {
     /// Device: cpu, flex, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Data-parallel: one replica per device, e.g. cpu,cpu or cuda:0,cuda:1 (instead of
+    /// --device). --grad-accum must be a multiple of the replica count (devices × --nodes).
+    #[arg(long, value_delimiter = ',', value_name = "D1,D2,…")]
+    pub devices: Option<Vec<String>>,
+    /// Processes in a multi-process run (torchrun's --nnodes), each started with the same
+    /// options and as many --devices.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: u32,
+    /// This process's rank in 0..--nodes (torchrun's --node-rank); node 0 hosts the
+    /// coordinator and writes the run folder.
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: u32,
+    /// HOST:PORT of node 0's coordinator (torchrun's --master-addr:--master-port); needed
+    /// with --nodes > 1.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
+    /// HOST:PORT at which the other nodes reach this one (default: 127.0.0.1 and the
+    /// coordinator's port + 1 + --node-rank, i.e. all nodes on one machine).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub node_address: Option<String>,
+    /// Seconds to wait for the other replicas at any one point (joining, each step's
+    /// all-reduce) before stopping with an error.
+    #[arg(long, default_value_t = 300)]
+    pub peer_timeout: u64,
     /// Continue the run in --out from its newest good checkpoint (a damaged or incomplete
     /// newer one is passed over, with the reason).
     #[arg(long)]
@@ -212,13 +237,62 @@ struct Task<'a> {
     cfg: TrainConfig,
     out: &'a Path,
     resume: bool,
+    cluster: Option<Cluster>,
+    timeout: Duration,
 }
 
-impl BackendTask for Task<'_> {
+impl DevicesTask for Task<'_> {
     type Output = Result<nag_train::train::TrainSummary>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        train_with_progress::<B>(&self.cfg, self.out, self.resume, &device)
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output {
+        let replicas = Replicas {
+            devices,
+            cluster: self.cluster,
+            timeout: self.timeout,
+        };
+        train_on::<B>(&self.cfg, self.out, self.resume, &replicas)
     }
+}
+
+/// The process's replicas from `--devices`/`--device` and the cluster flags.
+fn replica_layout(args: &TrainArgs) -> Result<(Vec<DeviceSpec>, Option<Cluster>)> {
+    let specs = match &args.devices {
+        Some(list) => list
+            .iter()
+            .map(|d| DeviceSpec::parse(d))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => vec![DeviceSpec::parse(&args.device)?],
+    };
+    let cluster = if args.nodes > 1 {
+        let Some(coordinator) = args.coordinator.clone() else {
+            bail!(
+                "--nodes {} needs --coordinator HOST:PORT (node 0's address and a free port)",
+                args.nodes
+            );
+        };
+        let port = Cluster::port_of(&coordinator, "--coordinator")?;
+        let node_address = match &args.node_address {
+            Some(a) => a.clone(),
+            None => {
+                let p = u32::from(port) + 1 + args.node_rank;
+                let p = u16::try_from(p).with_context(|| {
+                    format!("--coordinator port {port} + 1 + --node-rank is over 65535: give --node-address")
+                })?;
+                format!("127.0.0.1:{p}")
+            }
+        };
+        Some(Cluster {
+            nodes: args.nodes,
+            node_rank: args.node_rank,
+            coordinator,
+            node_address,
+        })
+    } else {
+        if args.node_rank != 0 || args.coordinator.is_some() || args.node_address.is_some() {
+            bail!("--node-rank, --coordinator and --node-address need --nodes > 1");
+        }
+        None
+    };
+    Ok((specs, cluster))
 }
 
 /// Threads for micro-batches when `--threads` is not given: on a CPU one micro-batch keeps
@@ -234,11 +308,31 @@ pub fn train_with_progress<B: AutodiffBackend>(
     resume: bool,
     device: &B::Device,
 ) -> Result<nag_train::train::TrainSummary> {
+    train_on::<B>(cfg, out, resume, &Replicas::single(device.clone()))
+}
+
+/// [`train_with_progress`] on data-parallel replicas.
+fn train_on<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    replicas: &Replicas<B::Device>,
+) -> Result<nag_train::train::TrainSummary> {
     {
         let start = Instant::now();
         let mut first_step: Option<(u64, Instant)> = None;
-        let summary = train::<B>(cfg, out, resume, device, |event| {
+        let mut comm = String::new();
+        let summary = train_replicas::<B>(cfg, out, resume, replicas, |event| {
             let p = match event {
+                TrainEvent::Communication(c) => {
+                    comm = format!(
+                        "all-reduce {:.1} MB/step {:.3} s/step ({} replicas) ",
+                        c.bytes_per_step as f64 / 1e6,
+                        c.seconds_per_step,
+                        c.replicas
+                    );
+                    return;
+                }
                 TrainEvent::Progress(p) => p,
                 TrainEvent::Resumed {
                     from,
@@ -271,7 +365,7 @@ pub fn train_with_progress<B: AutodiffBackend>(
             let width = 30;
             let filled = (width as u64 * p.step / p.total) as usize;
             eprint!(
-                "\r[{}{}] {}/{} loss {:.4} {speed}   ",
+                "\r[{}{}] {}/{} loss {:.4} {speed} {comm}  ",
                 "#".repeat(filled),
                 ".".repeat(width - filled),
                 p.step,
@@ -279,8 +373,10 @@ pub fn train_with_progress<B: AutodiffBackend>(
                 p.loss,
             );
             let _ = std::io::stderr().flush();
-        })?;
+        });
+        // End the progress line, whatever came of the run.
         eprintln!();
+        let summary = summary?;
         eprintln!(
             "trained {} steps in {:.0}s; loss {:.4} → {:.4}",
             summary.steps,
@@ -301,15 +397,30 @@ pub fn train_with_progress<B: AutodiffBackend>(
 /// Runs `cargo xtask train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
     let mut cfg = resolve(args)?;
-    let spec = DeviceSpec::parse(&args.device)?;
-    if args.threads.is_none() {
-        cfg.threads = default_threads(spec, cfg.grad_accum);
+    let (specs, cluster) = replica_layout(args)?;
+    let spec = specs[0];
+    let world = specs.len() * args.nodes as usize;
+    if !cfg.grad_accum.is_multiple_of(world) {
+        bail!(
+            "--grad-accum {} must be a multiple of the replica count {world} (devices × --nodes): each replica computes --grad-accum / {world} micro-batches per step",
+            cfg.grad_accum
+        );
     }
-    if args.out.is_dir() {
+    if args.threads.is_none() {
+        // The cores are shared by this process's replicas.
+        let per_replica = (spec.concurrent_batches() / specs.len()).max(1);
+        cfg.threads = per_replica.min(cfg.grad_accum / world).max(1);
+    }
+    let first_node = cluster.as_ref().is_none_or(|c| c.node_rank == 0);
+    if first_node && args.out.is_dir() {
         // A run in progress there is named before anything else is said about the folder.
         drop(RunLock::acquire(&args.out)?);
     }
-    if args.out.exists() && !args.resume && args.out.join("checkpoints").join("latest").exists() {
+    if first_node
+        && args.out.exists()
+        && !args.resume
+        && args.out.join("checkpoints").join("latest").exists()
+    {
         bail!(
             "{} already holds a run; pass --resume to continue it or --out to start a new one",
             args.out.display()
@@ -319,17 +430,37 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Some(init) => format!("the network of {}", init.display()),
         None => format!("'{}'", cfg.model),
     };
+    let on = match &cluster {
+        None if specs.len() == 1 => spec.to_string(),
+        None => format!("{} replicas ({})", specs.len(), join(&specs)),
+        Some(c) => format!(
+            "{world} replicas: node {} of {} ({}), coordinator {}",
+            c.node_rank,
+            c.nodes,
+            join(&specs),
+            c.coordinator
+        ),
+    };
     eprintln!(
-        "training {model} on '{}' ({:?}) for {} steps, batch {}, noise dropout {}, on {spec}",
+        "training {model} on '{}' ({:?}) for {} steps, batch {}, noise dropout {}, on {on}",
         cfg.data, cfg.objective, cfg.steps, cfg.batch, cfg.noise_dropout
     );
+    if cluster.is_some() {
+        // burn-communication installs an INFO-level logger on stdout the first time it
+        // listens; a silent one installed first keeps the run's output readable.
+        let _ =
+            tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
+        quiet_collective_panics();
+    }
     crate::signals::stop_training_on_signal();
-    let summary = dispatch(
-        spec,
+    let summary = dispatch_devices(
+        &specs,
         Task {
             cfg,
             out: &args.out,
             resume: args.resume,
+            cluster,
+            timeout: Duration::from_secs(args.peer_timeout),
         },
     )??;
     println!("run: {}", summary.run_dir.display());
@@ -338,4 +469,34 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         summary.run_dir.display()
     );
     Ok(())
+}
+
+fn join(specs: &[DeviceSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// burn-collective 0.21 panics inside its own threads when a peer's connection closes (the run
+/// then stops with an error of its own): one line each instead of a backtrace.
+fn quiet_collective_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let upstream = info.location().is_some_and(|l| {
+            l.file().contains("burn-collective") || l.file().contains("burn-communication")
+        });
+        if upstream {
+            let msg = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            eprintln!("\nnote: burn-collective: {msg}");
+        } else {
+            default(info);
+        }
+    }));
 }

@@ -37,6 +37,12 @@ pub struct LoaderConfig {
     /// Index of the first batch produced (for resuming; with gradient accumulation this is
     /// `optimizer step × micro-batches per step`).
     pub start_step: u64,
+    /// Sharding: the loader's batch `k` is batch `k·shards + shard` of the whole stream
+    /// (defaults 0 of 1). A data-parallel replica whose share of every step is one contiguous
+    /// run of the global batch reads only that.
+    pub shard: u64,
+    /// See `shard` (≥ 1).
+    pub shards: u64,
 }
 
 impl Default for LoaderConfig {
@@ -48,6 +54,8 @@ impl Default for LoaderConfig {
             prefetch: 4,
             shuffle: true,
             start_step: 0,
+            shard: 0,
+            shards: 1,
         }
     }
 }
@@ -125,8 +133,9 @@ fn make_batch(
     }
     let mut x = Vec::with_capacity(b * d);
     let mut y = Vec::with_capacity(b);
+    let stream_batch = step * config.shards.max(1) + config.shard;
     for k in 0..b as u64 {
-        let position = step * b as u64 + k;
+        let position = stream_batch * b as u64 + k;
         let index = order.index(position);
         let mut rng = stream_rng(config.seed, DOMAIN_ITEM, position);
         let item = dataset.item(index, &mut rng)?;
@@ -441,6 +450,34 @@ mod tests {
             Loader::new(ds, config).unwrap().next_batch().unwrap()
         };
         assert_ne!(other, one[0]);
+    }
+
+    #[test]
+    fn a_shard_reads_its_own_batches_of_the_stream() {
+        let ds: Arc<dyn Dataset> = Arc::new(Probe(10));
+        let whole = run(ds.clone(), 1, 0, 12);
+        for shard in 0..3u64 {
+            for (workers, start) in [(0, 0), (2, 1)] {
+                let config = LoaderConfig {
+                    batch_size: 4,
+                    seed: 11,
+                    workers,
+                    start_step: start,
+                    shard,
+                    shards: 3,
+                    ..LoaderConfig::default()
+                };
+                let mut loader = Loader::new(ds.clone(), config).unwrap();
+                for k in start..4 {
+                    let want = &whole[(k * 3 + shard) as usize];
+                    assert_eq!(
+                        &loader.next_batch().unwrap(),
+                        want,
+                        "shard {shard} batch {k}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -36,12 +36,13 @@ use nag_models::StateDict;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{
-    open_dataset, stream_rng, Batch, DataOptions, Dataset, Loader, LoaderConfig, OnError,
-};
+use crate::data::{open_dataset, stream_rng, Batch, DataOptions, Dataset, OnError};
 use crate::ema;
 use crate::objective::{self, InterpolantTarget, LossWeight};
+use crate::parallel::{self, Cluster, Link, ParallelError, Replicas};
 use crate::run_dir::{self, RunLock, Skipped};
+
+mod replica;
 
 /// What the network is trained on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -257,6 +258,9 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    /// Data-parallel replicas (layout, ports, a peer that stopped or never answered).
+    #[error(transparent)]
+    Parallel(#[from] ParallelError),
     /// A burn record could not be read or written.
     #[error("checkpoint record {path}: {reason}")]
     Record {
@@ -310,6 +314,20 @@ pub enum TrainEvent {
     },
     /// `--init` had no null-timestep vector: it starts freshly initialised.
     NullTimestepInitialised(PathBuf),
+    /// Data-parallel runs, just before every `Progress`: the all-reduce of the last steps.
+    Communication(Communication),
+}
+
+/// What the replicas exchanged (see [`TrainEvent::Communication`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Communication {
+    /// Replicas in the run.
+    pub replicas: usize,
+    /// Bytes each replica all-reduces per step (one bucket: gradients and control slots).
+    pub bytes_per_step: u64,
+    /// Mean seconds per step spent in the all-reduce (waiting for the slowest replica
+    /// included) since the last report.
+    pub seconds_per_step: f64,
 }
 
 impl TrainConfig {
@@ -768,9 +786,50 @@ pub fn train<B: AutodiffBackend>(
     run_dir: &Path,
     resume: bool,
     device: &B::Device,
+    on_event: impl FnMut(TrainEvent),
+) -> Result<TrainSummary, TrainError> {
+    train_replicas::<B>(
+        cfg,
+        run_dir,
+        resume,
+        &Replicas::single(device.clone()),
+        on_event,
+    )
+}
+
+/// [`train`] on data-parallel replicas ([`crate::parallel`]): one per device of `replicas`,
+/// and as many in each other process of its cluster. Each optimiser step's `grad_accum`
+/// micro-batches are shared out in contiguous blocks, replica `r` of `R` taking micro-batches
+/// `r·A/R .. (r+1)·A/R`, each with the same data and draws as on one replica, so the weights
+/// equal a one-replica run's up to the order of the gradient sums (bit-equal when every replica
+/// has one micro-batch). Node 0's first replica keeps the EMA and writes the run folder; the
+/// other nodes read it only to resume.
+pub fn train_replicas<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    run_dir: &Path,
+    resume: bool,
+    replicas: &Replicas<B::Device>,
     mut on_event: impl FnMut(TrainEvent),
 ) -> Result<TrainSummary, TrainError> {
     cfg.validate()?;
+    replicas.validate()?;
+    let world = replicas.world();
+    if !cfg.grad_accum.is_multiple_of(world) {
+        return Err(TrainError::Config(format!(
+            "--grad-accum {} must be a multiple of the replica count {world} (devices × nodes): each replica computes --grad-accum / {world} micro-batches per step",
+            cfg.grad_accum
+        )));
+    }
+    let writer = replicas.is_first_node();
+    // Ports before any work: a taken one is an error naming it, not a hang.
+    if let Some(c) = &replicas.cluster {
+        let data_port = Cluster::port_of(&c.node_address, "--node-address")?;
+        parallel::check_port(data_port, "--node-address", "this node's data")?;
+        if c.node_rank == 0 {
+            parallel::start_coordinator(Cluster::port_of(&c.coordinator, "--coordinator")?)?;
+        }
+    }
+    let device = &replicas.devices[0];
     if resume && !run_dir.join("checkpoints").is_dir() {
         return Err(TrainError::NoCheckpoint {
             dir: run_dir.to_path_buf(),
@@ -797,8 +856,13 @@ pub fn train<B: AutodiffBackend>(
         rebuild_label_table(sd, &model_cfg, cfg.seed);
     }
     // Only once the data and the model are known to be usable: a bad option leaves no run.
-    io(run_dir, fs::create_dir_all(run_dir.join("checkpoints")))?;
-    let _lock = RunLock::acquire(run_dir)?;
+    // Other nodes never write the run folder (it may be node 0's, on a shared file system).
+    let _lock = if writer {
+        io(run_dir, fs::create_dir_all(run_dir.join("checkpoints")))?;
+        Some(RunLock::acquire(run_dir)?)
+    } else {
+        None
+    };
     // burn's initialisers draw from the backend's process-wide RNG: seed and initialise under
     // one lock so concurrent runs in one process cannot interleave their draws.
     let mut model: Dit<B> = {
@@ -900,124 +964,104 @@ pub fn train<B: AutodiffBackend>(
         });
     }
     let json = serde_json::to_vec_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
-    write_atomic(&config_path, &json)?;
+    if writer {
+        write_atomic(&config_path, &json)?;
+    }
 
-    let ddpm = DdpmSchedule::dit();
-    let interp = cfg.objective.schedule();
-    let micro = cfg.batch / cfg.grad_accum;
-    let mut loader = Loader::new(
-        dataset.clone(),
-        LoaderConfig {
-            batch_size: micro,
-            seed: cfg.seed,
-            workers: cfg.workers.max(1),
-            start_step: start * cfg.grad_accum as u64,
-            ..LoaderConfig::default()
-        },
-    )?;
     let loss_path = run_dir.join("loss.csv");
-    let mut log = if resume && loss_path.is_file() {
+    let log = if resume && loss_path.is_file() {
         read_loss_log(&loss_path, start)
     } else {
         Vec::new()
     };
-    let mut last_ckpt = if resume {
+    let last_ckpt = if resume {
         checkpoint_dir(run_dir, start).display().to_string()
     } else {
         "none yet".into()
     };
-    let mut acc = 0.0f64;
-    let mut acc_n = 0u64;
-    // Only these receive gradients (not the fixed sin-cos `pos_embed`, whatever graph the
-    // micro-batch ran in).
-    let trainable = trainable_params(&model);
-    for step in start..cfg.steps {
-        let lr = if cfg.warmup > 0 {
-            cfg.lr * ((step + 1) as f64 / cfg.warmup as f64).min(1.0)
-        } else {
-            cfg.lr
+    let run = replica::Run {
+        cfg,
+        run_dir,
+        dataset: dataset.clone(),
+        ddpm: DdpmSchedule::dit(),
+        interp: cfg.objective.schedule(),
+        start,
+        world,
+    };
+    let lead = replica::Replica {
+        rank: replicas.global_rank(0),
+        device: device.clone(),
+        model: model.clone(),
+        optim: optim.clone(),
+        ema: writer.then_some(replica::Ema {
+            model: ema_model,
+            updates: ema_updates,
+        }),
+        log,
+        last_ckpt,
+        link: None,
+    };
+    let log = if world == 1 {
+        replica::run(&run, lead, &mut on_event)?
+    } else {
+        // One collective group per process: runs with replicas take turns.
+        let _group = parallel::lock_group();
+        parallel::reset::<B::InnerBackend>();
+        let mut lead = lead;
+        lead.link = Some(Link::new(replicas, 0, device.clone()));
+        let others: Vec<_> = (1..replicas.devices.len())
+            .map(|local| {
+                let device = replicas.devices[local].clone();
+                replica::Replica {
+                    rank: replicas.global_rank(local),
+                    model: model.clone().fork(&device),
+                    optim: optim.clone(),
+                    ema: None,
+                    log: Vec::new(),
+                    last_ckpt: String::new(),
+                    link: Some(Link::new(replicas, local, device.clone())),
+                    device,
+                }
+            })
+            .collect();
+        let run = &run;
+        let (lead_result, other_results) = std::thread::scope(|scope| {
+            let handles: Vec<_> = others
+                .into_iter()
+                .map(|r| {
+                    std::thread::Builder::new()
+                        .name(format!("nag-replica-{}", r.rank))
+                        .spawn_scoped(scope, move || replica::run(run, r, &mut |_| {}))
+                        .expect("a replica thread")
+                })
+                .collect();
+            let lead_result = replica::run(run, lead, &mut on_event);
+            let others: Vec<_> = handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(TrainError::Config("a replica thread panicked".into()))
+                    })
+                })
+                .collect();
+            (lead_result, others)
+        });
+        // The first error that is a replica's own (not "another replica stopped").
+        let peer_stopped =
+            |e: &TrainError| matches!(e, TrainError::Parallel(ParallelError::PeerStopped { .. }));
+        let lead_result = match lead_result {
+            Err(e) if !peer_stopped(&e) => return Err(e),
+            r => r,
         };
-        let mut grads_acc: Option<GradientsParams> = None;
-        let mut step_loss = 0.0f64;
-        let mut next_micro = 0;
-        while next_micro < cfg.grad_accum {
-            // A wave of up to `threads` micro-batches, computed concurrently.
-            let wave = cfg.threads.min(cfg.grad_accum - next_micro);
-            let batches = (0..wave)
-                .map(|i| Ok((next_micro + i, loader.next_batch()?)))
-                .collect::<Result<Vec<_>, TrainError>>()?;
-            next_micro += wave;
-            let (ddpm, interp, trainable) = (&ddpm, interp.as_ref(), &trainable);
-            let results = on_own_graphs(&model, batches, |local, (m, batch)| {
-                micro_step(cfg, step, m, local, ddpm, interp, batch, trainable, device)
-            });
-            for (value, grads) in results {
-                if !value.is_finite() {
-                    return Err(TrainError::NonFinite {
-                        step,
-                        loss: value,
-                        last: last_ckpt,
-                    });
-                }
-                step_loss += value as f64;
-                grads_acc = Some(match grads_acc {
-                    None => grads,
-                    Some(prev) => sum_gradients::<B>(prev, grads, &model),
-                });
-            }
-        }
-        model = optim.step(lr, model, grads_acc.expect("grad_accum ≥ 1"));
-        let decay = ema::decay_at(cfg.ema_decay, ema_updates, cfg.ema_warmup);
-        ema_model = ema::update(ema_model, &model.valid(), decay);
-        ema_updates += 1;
-        acc += step_loss;
-        acc_n += 1;
-        let done = step + 1;
-        if done % cfg.log_every == 0 || done == cfg.steps {
-            let mean = acc / acc_n as f64;
-            log.push((done, mean));
-            on_event(TrainEvent::Progress(Progress {
-                step: done,
-                total: cfg.steps,
-                loss: mean,
-            }));
-            acc = 0.0;
-            acc_n = 0;
-        }
-        let stop = STOP.load(Ordering::SeqCst);
-        if done % cfg.checkpoint_every == 0 || done == cfg.steps || stop {
-            // Never seal a checkpoint of NaN/inf weights: the last good one stays the newest.
-            for (which, finite) in [
-                ("model", all_finite(&model)),
-                ("EMA", all_finite(&ema_model)),
-            ] {
-                if !finite {
-                    return Err(TrainError::NonFiniteWeights {
-                        step: done,
-                        which,
-                        last: last_ckpt,
-                    });
+        for r in other_results {
+            if let Err(e) = r {
+                if !peer_stopped(&e) {
+                    return Err(e);
                 }
             }
-            let state = State {
-                step: done,
-                ema_updates,
-                seed: cfg.seed,
-            };
-            let dir = write_checkpoint(run_dir, &model, &ema_model, &optim, &state)?;
-            last_ckpt = dir.display().to_string();
-            run_dir::prune(run_dir, cfg.keep_checkpoints)?;
-            export_ema(&ema_model, run_dir)?;
-            write_loss_log(&loss_path, &log)?;
-            write_loss_plot(&run_dir.join("loss.png"), &log)?;
-            if stop && done < cfg.steps {
-                return Err(TrainError::Interrupted {
-                    step: done,
-                    checkpoint: last_ckpt,
-                });
-            }
         }
-    }
+        lead_result?
+    };
     Ok(TrainSummary {
         run_dir: run_dir.to_path_buf(),
         steps: cfg.steps,

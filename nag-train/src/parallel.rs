@@ -1,0 +1,404 @@
+//! Data-parallel replicas on burn-collective 0.21 (burn's own all-reduce).
+//!
+//! A run of `R = nodes × devices` replicas: every replica holds the model and the optimiser,
+//! computes the gradients of its share of each step's micro-batches (see [`crate::train`]), and
+//! the replicas sum one *bucket* per step (every gradient, flattened, plus a few control slots)
+//! with one all-reduce, as PyTorch DDP buckets gradients; then each applies the same AdamW
+//! update. In one process the replicas are threads (burn-collective's local server, tree
+//! strategy); across processes burn-collective's global orchestrator (websocket, ring) links one
+//! process per node.
+//!
+//! Two workarounds for burn-collective 0.21 (tests: `tests/collective.rs`):
+//! - Its global sync never clears the list of nodes that reached it (`SyncService::sync`
+//!   clears a copy), so the *second* all-reduce across processes waits forever (and the tree and
+//!   centralized strategies reuse fixed transfer ids, burn issue #4549). A process-spanning
+//!   replica therefore opens a fresh session for every all-reduce: register, all-reduce, finish.
+//!   That costs a round trip to the orchestrator per step (~50 ms on localhost).
+//! - Parameter ids are random per process, so the bucket is laid out by the model's parameter
+//!   order, never by id.
+//!
+//! Every wait on another replica is bounded by [`Replicas::timeout`]: a replica that died or
+//! never joined gives [`ParallelError::Timeout`], not a hang.
+
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
+
+/// Errors of the replica machinery.
+#[derive(Debug, thiserror::Error)]
+pub enum ParallelError {
+    /// An impossible replica layout.
+    #[error("{0}")]
+    Config(String),
+    /// A port to listen on is taken.
+    #[error("{what} port {port} is in use ({source}); choose another with {flag}")]
+    PortInUse {
+        /// Which port.
+        what: &'static str,
+        /// The port.
+        port: u16,
+        /// The flag that sets it.
+        flag: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another replica did not answer in time.
+    #[error("{what}: no answer from the other replicas within {secs} s (a process died, never joined, or is stuck); stopped without writing a checkpoint. Raise --peer-timeout if steps are slower than that")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// The timeout in seconds.
+        secs: u64,
+    },
+    /// burn-collective reported an error.
+    #[error("{what}: burn-collective: {detail}")]
+    Collective {
+        /// The operation.
+        what: &'static str,
+        /// Its error.
+        detail: String,
+    },
+    /// Another replica stopped with an error of its own (reported by that replica).
+    #[error("another replica stopped with an error (see its message{where_})")]
+    PeerStopped {
+        /// Where to look.
+        where_: String,
+    },
+    /// The replicas do not train the same run.
+    #[error("the replicas disagree on the run (options, start step or weights differ between processes): start every node with the same options and seed; with --resume every node must see the same run folder")]
+    Mismatch,
+}
+
+/// Several processes (nodes) linked by burn-collective's global orchestrator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Number of processes.
+    pub nodes: u32,
+    /// This process's rank in `0..nodes`; rank 0 hosts the orchestrator.
+    pub node_rank: u32,
+    /// `HOST:PORT` of the orchestrator (node 0 listens on `PORT`).
+    pub coordinator: String,
+    /// `HOST:PORT` at which the other nodes reach this one's tensor data service.
+    pub node_address: String,
+}
+
+impl Cluster {
+    /// The port of `HOST:PORT`.
+    pub fn port_of(addr: &str, flag: &str) -> Result<u16, ParallelError> {
+        addr.rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .ok_or_else(|| {
+                ParallelError::Config(format!(
+                    "{flag} '{addr}': expected HOST:PORT, e.g. 10.0.0.1:29500"
+                ))
+            })
+    }
+}
+
+/// Where the replicas of a run live.
+#[derive(Debug, Clone)]
+pub struct Replicas<D> {
+    /// This process's devices, one replica each (same backend).
+    pub devices: Vec<D>,
+    /// Other processes, if any (each with as many devices as this one).
+    pub cluster: Option<Cluster>,
+    /// The longest wait for the other replicas at any one point.
+    pub timeout: Duration,
+}
+
+impl<D: Clone> Replicas<D> {
+    /// One replica on `device`.
+    pub fn single(device: D) -> Self {
+        Self {
+            devices: vec![device],
+            cluster: None,
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// Replicas in the whole run.
+    pub fn world(&self) -> usize {
+        self.devices.len() * self.cluster.as_ref().map_or(1, |c| c.nodes as usize)
+    }
+
+    /// The run-wide rank of this process's `local`-th replica.
+    pub fn global_rank(&self, local: usize) -> usize {
+        self.cluster.as_ref().map_or(0, |c| c.node_rank as usize) * self.devices.len() + local
+    }
+
+    /// Whether this process is node 0 (the one that writes the run folder).
+    pub fn is_first_node(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.node_rank == 0)
+    }
+
+    /// Checks the layout.
+    pub fn validate(&self) -> Result<(), ParallelError> {
+        if self.devices.is_empty() {
+            return Err(ParallelError::Config("--devices: no device given".into()));
+        }
+        if self.timeout.is_zero() {
+            return Err(ParallelError::Config(
+                "--peer-timeout must be at least 1 s".into(),
+            ));
+        }
+        if let Some(c) = &self.cluster {
+            if c.nodes == 0 || c.node_rank >= c.nodes {
+                return Err(ParallelError::Config(format!(
+                    "--node-rank {} must be below --nodes {}",
+                    c.node_rank, c.nodes
+                )));
+            }
+            Cluster::port_of(&c.coordinator, "--coordinator")?;
+            Cluster::port_of(&c.node_address, "--node-address")?;
+        }
+        Ok(())
+    }
+}
+
+/// One burn-collective group per process and backend at a time (burn issue #3449): runs that
+/// use replicas take this for their whole length.
+static GROUP: Mutex<()> = Mutex::new(());
+
+/// Holds the process's collective group for one run.
+pub(crate) fn lock_group() -> std::sync::MutexGuard<'static, ()> {
+    GROUP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts burn-collective's global orchestrator on `port` (node 0), on a thread of its own
+/// that lives as long as the process. The port is checked first, so a taken port is a clear
+/// error rather than a panic inside the orchestrator.
+pub fn start_coordinator(port: u16) -> Result<(), ParallelError> {
+    check_port(port, "--coordinator", "coordinator")?;
+    std::thread::Builder::new()
+        .name("nag-coordinator".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("a tokio runtime for the coordinator");
+            runtime.block_on(burn_collective::start_global_orchestrator(port));
+        })
+        .map_err(|e| ParallelError::Config(format!("cannot start the coordinator thread: {e}")))?;
+    Ok(())
+}
+
+/// Fails with [`ParallelError::PortInUse`] if `port` cannot be listened on.
+pub fn check_port(port: u16, flag: &'static str, what: &'static str) -> Result<(), ParallelError> {
+    std::net::TcpListener::bind(("0.0.0.0", port))
+        .map(drop)
+        .map_err(|source| ParallelError::PortInUse {
+            what,
+            port,
+            flag,
+            source,
+        })
+}
+
+/// Runs `f` on a thread of its own and waits at most `timeout` for it. On a timeout the thread
+/// is left blocked (burn-collective's calls cannot be cancelled); the run stops with the error.
+fn within<T: Send + 'static>(
+    timeout: Duration,
+    what: impl Into<String>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ParallelError> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("nag-collective".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| ParallelError::Config(format!("cannot start a thread: {e}")))?;
+    rx.recv_timeout(timeout).map_err(|e| match e {
+        mpsc::RecvTimeoutError::Timeout => ParallelError::Timeout {
+            what: what.into(),
+            secs: timeout.as_secs(),
+        },
+        // The call panicked inside burn-collective (a peer's connection closed under it).
+        mpsc::RecvTimeoutError::Disconnected => ParallelError::Collective {
+            what: "the connection to the other replicas",
+            detail: format!(
+                "{}: it failed (another process stopped or its connection closed)",
+                what.into()
+            ),
+        },
+    })
+}
+
+/// One replica's link to the others: sums a rank-1 tensor over all replicas.
+pub(crate) struct Link<B: Backend> {
+    peer: PeerId,
+    device: B::Device,
+    config: CollectiveConfig,
+    /// Across processes: a fresh session per all-reduce (see the module docs).
+    session_per_call: bool,
+    registered: bool,
+    timeout: Duration,
+    /// Seconds spent in all-reduces since the last [`Self::take_seconds`].
+    seconds: f64,
+}
+
+impl<B: Backend> Link<B> {
+    pub(crate) fn new<D: Clone>(replicas: &Replicas<D>, local: usize, device: B::Device) -> Self {
+        let mut config = CollectiveConfig::default().with_num_devices(replicas.devices.len());
+        if let Some(c) = &replicas.cluster {
+            let data_port = Cluster::port_of(&c.node_address, "--node-address").unwrap_or(0);
+            config = config
+                .with_num_nodes(c.nodes)
+                .with_global_address(
+                    format!("ws://{}", c.coordinator)
+                        .parse()
+                        .expect("any string is an address"),
+                )
+                .with_node_address(
+                    format!("ws://{}", c.node_address)
+                        .parse()
+                        .expect("any string is an address"),
+                )
+                .with_data_service_port(data_port);
+        }
+        Self {
+            peer: PeerId(replicas.global_rank(local) as u32),
+            device,
+            config,
+            session_per_call: replicas.cluster.is_some(),
+            registered: false,
+            timeout: replicas.timeout,
+            seconds: 0.0,
+        }
+    }
+
+    fn register(&mut self) -> Result<(), ParallelError> {
+        let (peer, device, config) = (self.peer, self.device.clone(), self.config.clone());
+        within(self.timeout, "joining the other replicas", move || {
+            burn_collective::register::<B>(peer, device, config)
+        })?
+        .map_err(|e| ParallelError::Collective {
+            what: "register",
+            detail: format!("{e:?}"),
+        })?;
+        self.registered = true;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), ParallelError> {
+        if !self.registered {
+            return Ok(());
+        }
+        self.registered = false;
+        let peer = self.peer;
+        within(self.timeout, "leaving the replica group", move || {
+            burn_collective::finish_collective::<B>(peer)
+        })?
+        .map_err(|e| ParallelError::Collective {
+            what: "finish",
+            detail: format!("{e:?}"),
+        })
+    }
+
+    /// The element-wise sum of `t` over all replicas (every replica gets the same values).
+    pub(crate) fn sum(
+        &mut self,
+        t: Tensor<B, 1>,
+        what: &str,
+    ) -> Result<Tensor<B, 1>, ParallelError> {
+        let started = Instant::now();
+        if !self.registered {
+            self.register()?;
+        }
+        let peer = self.peer;
+        let primitive = t.into_primitive().tensor();
+        let what = what.to_string();
+        let out = within(self.timeout, what.clone(), move || {
+            burn_collective::all_reduce::<B>(peer, primitive, ReduceOperation::Sum)
+        })?
+        .map_err(|e| ParallelError::Collective {
+            what: "all-reduce",
+            detail: format!("{what}: {e:?} (another process stopped or its connection closed)"),
+        })?;
+        if self.session_per_call {
+            self.finish()?;
+        }
+        self.seconds += started.elapsed().as_secs_f64();
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    /// Seconds spent in [`Self::sum`] since the last call.
+    pub(crate) fn take_seconds(&mut self) -> f64 {
+        std::mem::take(&mut self.seconds)
+    }
+
+    /// Leaves the group (at the end of a run).
+    pub(crate) fn close(mut self) -> Result<(), ParallelError> {
+        self.finish()
+    }
+}
+
+/// Drops whatever an earlier, failed run of this process left in burn-collective's local
+/// server for backend `B`.
+pub(crate) fn reset<B: Backend>() {
+    burn_collective::reset_collective::<B>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_checked() {
+        let mut r = Replicas::single(0u8);
+        assert_eq!(r.world(), 1);
+        r.devices = vec![0, 1];
+        r.cluster = Some(Cluster {
+            nodes: 3,
+            node_rank: 2,
+            coordinator: "h:1".into(),
+            node_address: "me:2".into(),
+        });
+        assert_eq!(r.world(), 6);
+        assert_eq!(r.global_rank(1), 5);
+        assert!(!r.is_first_node());
+        r.validate().unwrap();
+        r.cluster.as_mut().unwrap().node_rank = 3;
+        assert!(r
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--node-rank 3"));
+        r.cluster.as_mut().unwrap().node_rank = 0;
+        r.cluster.as_mut().unwrap().coordinator = "nohost".into();
+        assert!(r.validate().unwrap_err().to_string().contains("HOST:PORT"));
+    }
+
+    #[test]
+    fn a_taken_port_is_named() {
+        let held = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
+        let port = held.local_addr().unwrap().port();
+        let e = check_port(port, "--coordinator", "coordinator").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("coordinator port {port} is in use")),
+            "{msg}"
+        );
+        assert!(msg.contains("--coordinator"), "{msg}");
+    }
+
+    #[test]
+    fn a_wait_is_bounded() {
+        let e = within(Duration::from_millis(50), "waiting", || {
+            std::thread::sleep(Duration::from_secs(5))
+        })
+        .unwrap_err();
+        assert!(matches!(e, ParallelError::Timeout { .. }), "{e}");
+        let e = within(Duration::from_secs(5), "step 3", || -> () {
+            panic!("a closed socket")
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("step 3: it failed"), "{e}");
+    }
+}
