@@ -85,6 +85,11 @@ pub struct Cluster {
     pub coordinator: String,
     /// `HOST:PORT` at which the other nodes reach this one's tensor data service.
     pub node_address: String,
+    /// Node 0 starts the coordinator on a thread of its own. burn-collective's coordinator
+    /// ends on the process's first Ctrl-C/SIGTERM, before the run's last checkpoint is
+    /// written; a caller that wants a clean stop runs [`serve_coordinator`] in a process of its
+    /// own (as `xtask` does) and sets this to false.
+    pub host_coordinator: bool,
 }
 
 impl Cluster {
@@ -177,14 +182,21 @@ pub fn start_coordinator(port: u16) -> Result<(), ParallelError> {
     std::thread::Builder::new()
         .name("nag-coordinator".into())
         .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("a tokio runtime for the coordinator");
-            runtime.block_on(burn_collective::start_global_orchestrator(port));
+            // A coordinator that cannot start shows as the other replicas' timeout.
+            let _ = serve_coordinator(port);
         })
         .map_err(|e| ParallelError::Config(format!("cannot start the coordinator thread: {e}")))?;
+    Ok(())
+}
+
+/// Runs burn-collective's global orchestrator on `port` until Ctrl-C/SIGTERM.
+pub fn serve_coordinator(port: u16) -> Result<(), ParallelError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| ParallelError::Config(format!("cannot start the coordinator: {e}")))?;
+    runtime.block_on(burn_collective::start_global_orchestrator(port));
     Ok(())
 }
 
@@ -359,6 +371,7 @@ mod tests {
             node_rank: 2,
             coordinator: "h:1".into(),
             node_address: "me:2".into(),
+            host_coordinator: true,
         });
         assert_eq!(r.world(), 6);
         assert_eq!(r.global_rank(1), 5);

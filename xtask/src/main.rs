@@ -123,6 +123,13 @@ enum Command {
     /// Encode an image folder (each image and its mirror) through the SD VAE into a
     /// memory-mapped latent store for `train --data`; `latents bench` times reading one.
     Latents(latents::LatentsArgs),
+    /// burn-collective's coordinator for `train --nodes` (started by node 0 itself).
+    #[command(hide = true)]
+    Coordinator {
+        /// Port to listen on.
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 /// Fails early (before any work) when `path`'s folder does not exist.
@@ -153,6 +160,9 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Shift(args) => shift::run(args),
         Command::Train(args) => train::run(args),
+        Command::Coordinator { port } => {
+            nag_train::parallel::serve_coordinator(*port).map_err(anyhow::Error::from)
+        }
         Command::Sample(args) => sample::run(args),
         Command::Forward(args) => forward::run(args),
         Command::Data(args) => data::run(args),

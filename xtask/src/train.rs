@@ -285,6 +285,9 @@ fn replica_layout(args: &TrainArgs) -> Result<(Vec<DeviceSpec>, Option<Cluster>)
             node_rank: args.node_rank,
             coordinator,
             node_address,
+            // Started below as a process of its own, so that Ctrl-C leaves it up until the
+            // run's last checkpoint is written.
+            host_coordinator: false,
         })
     } else {
         if args.node_rank != 0 || args.coordinator.is_some() || args.node_address.is_some() {
@@ -452,6 +455,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
         quiet_collective_panics();
     }
+    let _coordinator = match &cluster {
+        Some(c) if c.node_rank == 0 => Some(Coordinator::start(Cluster::port_of(
+            &c.coordinator,
+            "--coordinator",
+        )?)?),
+        _ => None,
+    };
     crate::signals::stop_training_on_signal();
     let summary = dispatch_devices(
         &specs,
@@ -499,4 +509,44 @@ fn quiet_collective_panics() {
             default(info);
         }
     }));
+}
+
+/// burn-collective's coordinator as a child process (`xtask coordinator`) in a process group
+/// of its own: a Ctrl-C in the terminal reaches the trainers, which stop together after a
+/// checkpoint, but not the coordinator they need to agree on it. Killed when dropped, and by
+/// the kernel if this process dies.
+struct Coordinator(std::process::Child);
+
+impl Coordinator {
+    fn start(port: u16) -> Result<Self> {
+        nag_train::parallel::check_port(port, "--coordinator", "coordinator")?;
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.args(["coordinator", "--port", &port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        }
+        Ok(Self(
+            cmd.spawn().context("starting the coordinator process")?,
+        ))
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -1,7 +1,8 @@
 //! Data-parallel training through the CLI a user runs: two processes over localhost
 //! (`--nodes 2`, burn-collective's orchestrator) and two replicas in one process
 //! (`--devices cpu,cpu`) end with the weights of one process, bit for bit (one micro-batch per
-//! replica); a node that never joins or dies makes the other stop with an error naming the
+//! replica), also when resumed with another process count; Ctrl-C stops both at one
+//! checkpoint; a node that never joins or dies makes the other stop with an error naming the
 //! timeout, without a checkpoint; a taken port is named.
 
 use std::path::{Path, PathBuf};
@@ -37,12 +38,7 @@ fn train(out: &Path, steps: u64, extra: &[&str]) -> Command {
     ])
     .args(["--grad-accum", "2", "--threads", "1", "--workers", "1"])
     .args(["--log-every", "1", "--seed", "5"])
-    .args([
-        "--steps",
-        &steps.to_string(),
-        "--checkpoint-every",
-        &steps.to_string(),
-    ])
+    .args(["--steps", &steps.to_string()])
     .arg("--out")
     .arg(out)
     .args(extra)
@@ -132,6 +128,72 @@ fn two_processes_and_two_devices_match_one_replica() {
         ema(&one) == ema(&two),
         "two processes differ from one replica"
     );
+
+    // Resume: 2 steps on two processes, then two processes again, then one process.
+    let resumed = root.join("resumed");
+    let port = free_ports();
+    let (n0, n1) = (
+        node(&resumed, 2, 0, port, &[]),
+        node(&resumed, 2, 1, port, &[]),
+    );
+    ok(&wait(n1, Duration::from_secs(180)));
+    ok(&wait(n0, Duration::from_secs(180)));
+    let port = free_ports();
+    let n0 = node(&resumed, 3, 0, port, &["--resume"]);
+    let n1 = node(&resumed, 3, 1, port, &["--resume"]);
+    ok(&wait(n1, Duration::from_secs(180)));
+    ok(&wait(n0, Duration::from_secs(180)));
+    ok(&wait(
+        train(&resumed, 4, &["--resume"]).spawn().unwrap(),
+        Duration::from_secs(120),
+    ));
+    assert!(
+        ema(&one) == ema(&resumed),
+        "resumed over 2, 2 and 1 processes differs"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn ctrl_c_stops_both_processes_at_one_checkpoint() {
+    let root = base("ctrl-c");
+    let run = root.join("run");
+    let port = free_ports();
+    let n0 = node(&run, 100_000, 0, port, &[]);
+    let n1 = node(&run, 100_000, 1, port, &[]);
+    // As a terminal's Ctrl-C: both trainers get SIGINT once they are under way.
+    let t = Instant::now();
+    while !run.join("config.json").exists() && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for child in [&n0, &n1] {
+        // SAFETY: kill(2) of our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    }
+    let (o0, o1) = (
+        wait(n0, Duration::from_secs(60)),
+        wait(n1, Duration::from_secs(60)),
+    );
+    for o in [&o0, &o1] {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(err.contains("stopped on request after step"), "{err}");
+    }
+    // One checkpoint, at the step both agreed on, equal to one replica trained that long.
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let step: u64 = latest.trim().trim_start_matches("step-").parse().unwrap();
+    assert!(step >= 1);
+    let one = root.join("one");
+    ok(&wait(
+        train(&one, step, &[]).spawn().unwrap(),
+        Duration::from_secs(300),
+    ));
+    assert!(
+        ema(&one) == ema(&run),
+        "the interrupted run's export differs from one replica's at step {step}"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -157,8 +219,9 @@ fn a_missing_or_dead_node_stops_the_other_without_a_checkpoint() {
     // Node 1 is killed mid-run: node 0 stops within the timeout, with no checkpoint.
     let dies = root.join("dies");
     let port = free_ports();
-    let n0 = node(&dies, 100_000, 0, port, &["--peer-timeout", "5"]);
-    let mut n1 = node(&dies, 100_000, 1, port, &["--peer-timeout", "5"]);
+    let extra = ["--peer-timeout", "5", "--checkpoint-every", "100000"];
+    let n0 = node(&dies, 100_000, 0, port, &extra);
+    let mut n1 = node(&dies, 100_000, 1, port, &extra);
     std::thread::sleep(Duration::from_secs(4));
     n1.kill().unwrap();
     let _ = n1.wait();

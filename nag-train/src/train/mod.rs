@@ -825,7 +825,7 @@ pub fn train_replicas<B: AutodiffBackend>(
     if let Some(c) = &replicas.cluster {
         let data_port = Cluster::port_of(&c.node_address, "--node-address")?;
         parallel::check_port(data_port, "--node-address", "this node's data")?;
-        if c.node_rank == 0 {
+        if c.node_rank == 0 && c.host_coordinator {
             parallel::start_coordinator(Cluster::port_of(&c.coordinator, "--coordinator")?)?;
         }
     }

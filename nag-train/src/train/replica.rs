@@ -466,11 +466,7 @@ fn unpack<B: AutodiffBackend>(
             let dims = t.dims();
             let n: usize = dims.iter().product();
             if self.has[self.index] > 0.5 {
-                let g = self
-                    .bucket
-                    .clone()
-                    .narrow(0, self.offset, n)
-                    .reshape(dims);
+                let g = self.bucket.clone().narrow(0, self.offset, n).reshape(dims);
                 self.grads.register::<B::InnerBackend, D>(param.id, g);
             }
             self.index += 1;
