@@ -262,6 +262,9 @@ fn replica_layout(args: &TrainArgs) -> Result<(Vec<DeviceSpec>, Option<Cluster>)
             .collect::<Result<Vec<_>, _>>()?,
         None => vec![DeviceSpec::parse(&args.device)?],
     };
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
     let cluster = if args.nodes > 1 {
         let Some(coordinator) = args.coordinator.clone() else {
             bail!(

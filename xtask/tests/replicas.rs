@@ -233,6 +233,21 @@ fn a_missing_or_dead_node_stops_the_other_without_a_checkpoint() {
             || err.contains("burn-collective"),
         "{err}"
     );
+    // Nodes started with different options refuse to train together.
+    let mixed = root.join("mixed");
+    let port = free_ports();
+    let n0 = node(&mixed, 4, 0, port, &[]);
+    let n1 = node(&mixed, 4, 1, port, &["--seed", "6"]);
+    for o in [
+        wait(n0, Duration::from_secs(60)),
+        wait(n1, Duration::from_secs(60)),
+    ] {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(err.contains("the replicas disagree on the run"), "{err}");
+    }
+    assert!(!mixed.join("checkpoints/latest").exists());
+
     let entries: Vec<_> = std::fs::read_dir(dies.join("checkpoints"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -260,6 +275,10 @@ fn a_taken_port_is_named() {
         !root.join("run").exists(),
         "nothing written before the port check"
     );
+    let o = train(&root.join("zero"), 4, &["--nodes", "0"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--nodes must be at least 1"));
     // A replica count that does not divide --grad-accum is refused before any work.
     let o = train(&root.join("odd"), 4, &["--devices", "cpu,cpu,cpu"])
         .output()
