@@ -466,6 +466,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         _ => None,
     };
     crate::signals::stop_training_on_signal();
+    // burn-collective 0.21 prints "Connecting to ws://… ..." on stdout at every cross-process
+    // all-reduce; nothing of the run's own goes to stdout until it ends.
+    let quiet = cluster.is_some().then(StdoutSilenced::new);
     let summary = dispatch_devices(
         &specs,
         Task {
@@ -475,7 +478,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             cluster,
             timeout: Duration::from_secs(args.peer_timeout),
         },
-    )??;
+    );
+    drop(quiet);
+    let summary = summary??;
     println!("run: {}", summary.run_dir.display());
     println!(
         "next: cargo xtask sample --run {} --compare",
@@ -551,5 +556,49 @@ impl Drop for Coordinator {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Points the process's stdout at /dev/null until dropped (Linux; elsewhere a no-op).
+struct StdoutSilenced(
+    #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))] Option<i32>,
+);
+
+impl StdoutSilenced {
+    fn new() -> Self {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            let _ = std::io::stdout().flush();
+            // SAFETY: plain fd calls; the saved descriptor is restored and closed in `drop`.
+            unsafe {
+                let saved = libc::dup(1);
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+                if saved >= 0 && null >= 0 && libc::dup2(null, 1) >= 0 {
+                    libc::close(null);
+                    return Self(Some(saved));
+                }
+                if null >= 0 {
+                    libc::close(null);
+                }
+                if saved >= 0 {
+                    libc::close(saved);
+                }
+            }
+        }
+        Self(None)
+    }
+}
+
+impl Drop for StdoutSilenced {
+    fn drop(&mut self) {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        if let Some(saved) = self.0 {
+            let _ = std::io::stdout().flush();
+            // SAFETY: restores the descriptor saved in `new`.
+            unsafe {
+                libc::dup2(saved, 1);
+                libc::close(saved);
+            }
+        }
     }
 }

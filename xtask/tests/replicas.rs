@@ -116,8 +116,17 @@ fn two_processes_and_two_devices_match_one_replica() {
     let port = free_ports();
     let n0 = node(&two, 4, 0, port, &[]);
     let n1 = node(&two, 4, 1, port, &[]);
-    let e1 = ok(&wait(n1, Duration::from_secs(180)));
-    let e0 = ok(&wait(n0, Duration::from_secs(180)));
+    let (o1, o0) = (
+        wait(n1, Duration::from_secs(180)),
+        wait(n0, Duration::from_secs(180)),
+    );
+    let (e1, e0) = (ok(&o1), ok(&o0));
+    // Only the run's own lines on stdout (burn-collective's "Connecting to …" are silenced).
+    let out0 = String::from_utf8_lossy(&o0.stdout);
+    assert!(
+        out0.starts_with("run: ") && out0.lines().count() == 2,
+        "{out0}"
+    );
     assert!(e0.contains("node 0 of 2"), "{e0}");
     assert!(e1.contains("node 1 of 2"), "{e1}");
     assert!(
