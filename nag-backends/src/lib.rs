@@ -30,6 +30,11 @@ pub type Flex = burn_flex::Flex;
 #[cfg(feature = "cuda")]
 pub type Cuda = burn_cuda::Cuda<f32, i32>;
 
+/// The CUDA backend with bf16 floats (every float tensor, weights included: burn 0.21 has no
+/// autocast, so this is whole-network half precision, not mixed precision).
+#[cfg(feature = "cuda")]
+pub type CudaBf16 = burn_cuda::Cuda<burn::tensor::bf16, i32>;
+
 /// Autodiff wrapper used for training on backend `B`.
 pub type Autodiff<B> = burn_autodiff::Autodiff<B>;
 
@@ -61,6 +66,47 @@ pub enum BackendError {
     /// No device in a list.
     #[error("--devices: no device given")]
     NoDevices,
+    /// A precision the device's backend does not offer in this build.
+    #[error("{precision} on device '{device}' is not available: the CPU backends compute in f32; bf16 needs a CUDA device (cuda:N)")]
+    NoPrecision {
+        /// The device string.
+        device: String,
+        /// The precision asked for.
+        precision: Precision,
+    },
+    /// A precision name that is not one.
+    #[error("unknown precision '{0}': expected f32 or bf16")]
+    UnknownPrecision(String),
+}
+
+/// The float type a run computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats (every backend).
+    F32,
+    /// bfloat16 everywhere, weights and optimizer state included (CUDA only).
+    Bf16,
+}
+
+impl FromStr for Precision {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            _ => Err(BackendError::UnknownPrecision(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
 }
 
 /// A device named on the command line.
@@ -184,6 +230,28 @@ pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, 
     }
 }
 
+/// [`dispatch`] at a chosen float precision: f32 is [`dispatch`] itself; bf16 runs on
+/// [`CudaBf16`] and is an error on the CPU backends.
+pub fn dispatch_precision<T: BackendTask>(
+    spec: DeviceSpec,
+    precision: Precision,
+    task: T,
+) -> Result<T::Output, BackendError> {
+    spec.ensure_compiled(&spec.to_string())?;
+    match (precision, spec) {
+        (Precision::F32, _) => dispatch(spec, task),
+        #[cfg(feature = "cuda")]
+        (Precision::Bf16, DeviceSpec::Cuda(n)) => {
+            Ok(task.run::<Autodiff<CudaBf16>>(burn_cuda::CudaDevice::new(n)))
+        }
+        #[allow(unreachable_patterns)]
+        (precision, spec) => Err(BackendError::NoPrecision {
+            device: spec.to_string(),
+            precision,
+        }),
+    }
+}
+
 /// A task generic over the autodiff backend that runs on several devices of it (data-parallel
 /// replicas).
 pub trait DevicesTask {
@@ -276,6 +344,27 @@ mod tests {
         let err = DeviceSpec::parse("cuda:0").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("--features cuda"), "{msg}");
+    }
+
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn half_precision_on_a_cpu_is_refused_by_name() {
+        struct Nothing;
+        impl BackendTask for Nothing {
+            type Output = ();
+            fn run<B: AutodiffBackend>(self, _: B::Device) {}
+        }
+        assert_eq!("BF16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert!(matches!(
+            "f64".parse::<Precision>(),
+            Err(BackendError::UnknownPrecision(_))
+        ));
+        assert_eq!(
+            dispatch_precision(DeviceSpec::Cpu, Precision::F32, Nothing),
+            Ok(())
+        );
+        let e = dispatch_precision(DeviceSpec::Cpu, Precision::Bf16, Nothing).unwrap_err();
+        assert!(e.to_string().contains("bf16 needs a CUDA device"), "{e}");
     }
 
     #[cfg(feature = "ndarray")]

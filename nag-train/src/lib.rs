@@ -29,6 +29,7 @@
 
 pub mod classifier_nag;
 pub mod data;
+pub mod device_check;
 pub mod ema;
 pub mod estimator;
 pub mod generate;

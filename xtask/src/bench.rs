@@ -20,10 +20,10 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::Args;
-use nag_backends::{dispatch, BackendTask, DeviceSpec};
+use nag_backends::{dispatch_precision, BackendTask, DeviceSpec, Precision};
 use nag_models::dit::DitConfig;
 use nag_train::train::{on_own_graphs, sum_gradients};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Arguments of `cargo xtask bench`.
 #[derive(Debug, Args)]
@@ -68,7 +68,7 @@ pub struct BenchArgs {
 }
 
 /// What one implementation measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Timing {
     /// Median milliseconds of one training step (forward, loss, backward, AdamW update).
     pub train_step_ms: f64,
@@ -203,6 +203,24 @@ impl BackendTask for Task<'_> {
     }
 }
 
+/// Times `a`'s training step and forward of `config` on `spec` at `precision`.
+pub(crate) fn time_burn(
+    a: &BenchArgs,
+    config: DitConfig,
+    spec: DeviceSpec,
+    precision: Precision,
+) -> Result<Timing> {
+    dispatch_precision(
+        spec,
+        precision,
+        Task {
+            args: a,
+            config,
+            spec,
+        },
+    )?
+}
+
 /// Runs the PyTorch reference with the same configuration and parses its JSON line.
 fn torch_timing(a: &BenchArgs, python: &PathBuf) -> Result<(Timing, usize)> {
     if !a.torch_script.is_file() {
@@ -264,14 +282,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         .validate()
         .context("the benchmark's model (--depth/--hidden/--heads/--patch/--size)")?;
     let spec = DeviceSpec::parse(&a.device)?;
-    let burn = dispatch(
-        spec,
-        Task {
-            args: a,
-            config,
-            spec,
-        },
-    )??;
+    let burn = time_burn(a, config, spec, Precision::F32)?;
     let torch = match &a.torch {
         Some(python) => Some(torch_timing(a, python)?),
         None => None,

@@ -15,6 +15,7 @@ mod experiment_oracle;
 mod experiment_transfer;
 mod features;
 mod forward;
+mod gpu_check;
 mod latents;
 mod oracle_args;
 mod progress;
@@ -117,6 +118,9 @@ enum Command {
     /// Time a DiT training step and forward here and, with --torch PYTHON, in the PyTorch
     /// reference on the same machine; prints the ratios.
     Bench(bench::BenchArgs),
+    /// The GPU check (issue 23), one stage per call: CUDA vs CPU parity, speed against
+    /// PyTorch, sampling rate, report. `scripts/gpu-check.sh` runs every stage.
+    GpuCheck(gpu_check::GpuCheckArgs),
     /// Images ↔ SD-VAE latents through a diffusers VAE folder (encode / decode).
     #[command(subcommand)]
     Vae(vae::VaeCmd),
@@ -171,6 +175,7 @@ fn main() -> ExitCode {
         Command::Features(cmd) => features::run(cmd),
         Command::Experiment(cmd) => experiment::run_cmd(cmd),
         Command::Bench(args) => bench::run(args),
+        Command::GpuCheck(args) => gpu_check::run(args),
         Command::Vae(cmd) => vae::run(cmd),
         Command::Latents(args) => latents::run(args),
     };
