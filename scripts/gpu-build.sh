@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds what scripts/gpu-check.sh needs on a GPU machine that has no Rust toolchain:
-# gpu-bin/xtask (release, --features cuda, symbols stripped) and gpu-bin/COMMIT.
+# gpu-bin/xtask (release, --features cuda, symbols stripped), gpu-bin/xtask.gz (the same,
+# compressed: ~15 MiB of the 64 MiB a device call carries; carry only gpu-bin/xtask.gz and
+# gpu-bin/COMMIT) and gpu-bin/COMMIT.
 #
 #   scripts/gpu-build.sh            # then carry gpu-bin/ to the GPU machine
 #
@@ -18,9 +20,11 @@ mv gpu-bin/xtask.tmp gpu-bin/xtask
 commit=$(git rev-parse HEAD)
 git diff --quiet HEAD -- . ':!gpu-bin' || commit="$commit-dirty"
 echo "$commit" > gpu-bin/COMMIT
-size=$(stat -c %s gpu-bin/xtask)
-echo "gpu-bin/xtask: $(( size / 1024 / 1024 )) MiB, commit $commit (CUDA bindings $CUDARC_CUDA_VERSION)"
-if [ "$size" -gt $(( 60 * 1024 * 1024 )) ]; then
-  echo "gpu-bin/xtask is over 60 MiB: it will not fit the 64 MiB a device call carries" >&2
+gzip -9 -c gpu-bin/xtask > gpu-bin/xtask.gz.tmp
+mv gpu-bin/xtask.gz.tmp gpu-bin/xtask.gz
+size=$(stat -c %s gpu-bin/xtask.gz)
+echo "gpu-bin/xtask.gz: $(( size / 1024 / 1024 )) MiB, commit $commit (CUDA bindings $CUDARC_CUDA_VERSION)"
+if [ "$size" -gt $(( 48 * 1024 * 1024 )) ]; then
+  echo "gpu-bin/xtask.gz is over 48 MiB: with the working tree it will not fit the 64 MiB a device call carries" >&2
   exit 1
 fi

@@ -3,7 +3,7 @@
 # Rust toolchain and no network: the binary comes from scripts/gpu-build.sh (built elsewhere,
 # carried over), the PyTorch reference is scripts/gpu/torch_dit.py.
 #
-#   scripts/gpu-check.sh [--bin gpu-bin/xtask] [--out docs/gpu] [--python python3]
+#   scripts/gpu-check.sh [--bin gpu-bin/xtask (or its .gz)] [--out docs/gpu] [--python python3]
 #                        [--device cuda:0] [--budget 450] [--dry-run]
 #
 # Runs the stages of `xtask gpu-check` (speed, torch, parity, sample), each under a timeout
@@ -32,6 +32,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$BUDGET" in ''|*[!0-9]*) echo "gpu-check.sh: --budget must be whole seconds, got '$BUDGET'" >&2; exit 2 ;; esac
+if [ ! -x "$BIN" ] && [ -f "$BIN.gz" ]; then
+  # scripts/gpu-build.sh's compressed copy, as carried.
+  UNPACKED=$(mktemp -d)/xtask
+  gzip -dc "$BIN.gz" > "$UNPACKED" && chmod +x "$UNPACKED" && cp -f "$(dirname "$BIN")/COMMIT" "$(dirname "$UNPACKED")/" 2> /dev/null
+  BIN=$UNPACKED
+fi
 if [ ! -x "$BIN" ]; then
   echo "gpu-check.sh: no executable at --bin $BIN; build it with scripts/gpu-build.sh (or pass --bin)" >&2
   exit 2

@@ -74,6 +74,18 @@ pub enum BackendError {
         /// The precision asked for.
         precision: Precision,
     },
+    /// The NVIDIA driver library cannot be loaded (no GPU driver on this machine).
+    #[error("device '{0}': the NVIDIA driver library (libcuda.so.1) cannot be loaded; is there an NVIDIA GPU and driver on this machine? Add the driver's folder to LD_LIBRARY_PATH, or use --device cpu")]
+    NoCudaDriver(String),
+    /// The CUDA backend failed inside (it reports by panicking): missing NVRTC or CUDA
+    /// headers, an unsupported driver, out of memory.
+    #[error("device '{device}': the CUDA backend failed: {message}. It needs NVRTC on LD_LIBRARY_PATH and the CUDA headers in $CUDA_PATH/include (scripts/gpu-check.sh shows where to find both in a PyTorch install)")]
+    CudaFailed {
+        /// The device string.
+        device: String,
+        /// The panic's message.
+        message: String,
+    },
     /// A precision name that is not one.
     #[error("unknown precision '{0}': expected f32 or bf16")]
     UnknownPrecision(String),
@@ -224,10 +236,38 @@ pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, 
         #[cfg(feature = "flex")]
         DeviceSpec::Flex => Ok(task.run::<Autodiff<Flex>>(burn_flex::FlexDevice)),
         #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(n) => Ok(task.run::<Autodiff<Cuda>>(burn_cuda::CudaDevice::new(n))),
+        DeviceSpec::Cuda(n) => on_cuda(spec, || {
+            task.run::<Autodiff<Cuda>>(burn_cuda::CudaDevice::new(n))
+        }),
         #[allow(unreachable_patterns)]
         _ => unreachable!("ensure_compiled rejects backends that are not compiled in"),
     }
+}
+
+/// Runs `f` on CUDA device `spec` after checking that the driver library loads, turning a
+/// panic of the CUDA runtime (its way of reporting a missing library or a failed kernel
+/// compilation) into [`BackendError::CudaFailed`].
+#[cfg(feature = "cuda")]
+fn on_cuda<R>(spec: DeviceSpec, f: impl FnOnce() -> R) -> Result<R, BackendError> {
+    // SAFETY: loading the NVIDIA driver library runs only its initialisers, as CUDA's own
+    // loader (cudarc) does when the backend starts.
+    let driver = ["libcuda.so.1", "libcuda.so"]
+        .iter()
+        .any(|name| unsafe { libloading::Library::new(*name) }.is_ok());
+    if !driver {
+        return Err(BackendError::NoCudaDriver(spec.to_string()));
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message (see the lines above)".into());
+        BackendError::CudaFailed {
+            device: spec.to_string(),
+            message,
+        }
+    })
 }
 
 /// [`dispatch`] at a chosen float precision: f32 is [`dispatch`] itself; bf16 runs on
@@ -241,9 +281,9 @@ pub fn dispatch_precision<T: BackendTask>(
     match (precision, spec) {
         (Precision::F32, _) => dispatch(spec, task),
         #[cfg(feature = "cuda")]
-        (Precision::Bf16, DeviceSpec::Cuda(n)) => {
-            Ok(task.run::<Autodiff<CudaBf16>>(burn_cuda::CudaDevice::new(n)))
-        }
+        (Precision::Bf16, DeviceSpec::Cuda(n)) => on_cuda(spec, || {
+            task.run::<Autodiff<CudaBf16>>(burn_cuda::CudaDevice::new(n))
+        }),
         #[allow(unreachable_patterns)]
         (precision, spec) => Err(BackendError::NoPrecision {
             device: spec.to_string(),
@@ -289,15 +329,17 @@ pub fn dispatch_devices<T: DevicesTask>(
             Ok(task.run::<Autodiff<Flex>>(specs.iter().map(|_| burn_flex::FlexDevice).collect()))
         }
         #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(_) => Ok(task.run::<Autodiff<Cuda>>(
-            specs
-                .iter()
-                .map(|s| match s {
-                    DeviceSpec::Cuda(n) => burn_cuda::CudaDevice::new(*n),
-                    _ => unreachable!("checked above: every spec is a CUDA device"),
-                })
-                .collect(),
-        )),
+        DeviceSpec::Cuda(_) => on_cuda(first, || {
+            task.run::<Autodiff<Cuda>>(
+                specs
+                    .iter()
+                    .map(|s| match s {
+                        DeviceSpec::Cuda(n) => burn_cuda::CudaDevice::new(*n),
+                        _ => unreachable!("checked above: every spec is a CUDA device"),
+                    })
+                    .collect(),
+            )
+        }),
         #[allow(unreachable_patterns)]
         _ => unreachable!("ensure_compiled rejects backends that are not compiled in"),
     }
