@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::generate::{generate, GenerateError, SampleConfig, SamplerKind};
 use crate::sampling::FixedVariance;
+use crate::train::on_own_graphs;
 
 /// Errors of the device checks.
 #[derive(Debug, thiserror::Error)]
@@ -176,10 +177,14 @@ fn normal_values(seed: u64, n: usize) -> Vec<f32> {
 
 /// Inputs of one check: latents, DDPM indices spread over `[0, 999]`, labels, and the two
 /// null masks (sample `k` of every block of four: 1 → null label, 2 → null-t, 3 → both).
+#[derive(Clone)]
 struct Inputs {
-    x: TensorData,
-    t: TensorData,
-    y: TensorData,
+    /// `[N, C, S, S]` row-major.
+    x: Vec<f32>,
+    /// `[C, S, S]` of one sample.
+    sample_shape: [usize; 3],
+    t: Vec<f32>,
+    y: Vec<i64>,
     null_t: Vec<bool>,
     null_class: Vec<bool>,
 }
@@ -188,54 +193,87 @@ impl Inputs {
     fn new(config: &DitConfig, n: usize, seed: u64) -> Self {
         let (c, s) = (config.in_channels, config.input_size);
         let classes = config.num_classes.max(1) as i64;
-        let null_class = (0..n)
-            .map(|i| config.has_null_class() && matches!(i % 4, 1 | 3))
-            .collect();
-        let null_t = (0..n)
-            .map(|i| config.null_timestep && matches!(i % 4, 2 | 3))
-            .collect();
         Self {
-            x: TensorData::new(normal_values(seed, n * c * s * s), [n, c, s, s]),
-            t: TensorData::new(
-                (0..n)
-                    .map(|i| {
-                        if n == 1 {
-                            999.0
-                        } else {
-                            (999 * i / (n - 1)) as f32
-                        }
-                    })
-                    .collect::<Vec<_>>(),
-                [n],
-            ),
-            y: TensorData::new(
-                (0..n)
-                    .map(|i| (i as i64 * 37 + 11) % classes)
-                    .collect::<Vec<_>>(),
-                [n],
-            ),
-            null_t,
-            null_class,
+            x: normal_values(seed, n * c * s * s),
+            sample_shape: [c, s, s],
+            t: (0..n)
+                .map(|i| {
+                    if n == 1 {
+                        999.0
+                    } else {
+                        (999 * i / (n - 1)) as f32
+                    }
+                })
+                .collect(),
+            y: (0..n).map(|i| (i as i64 * 37 + 11) % classes).collect(),
+            null_t: (0..n)
+                .map(|i| config.null_timestep && matches!(i % 4, 2 | 3))
+                .collect(),
+            null_class: (0..n)
+                .map(|i| config.has_null_class() && matches!(i % 4, 1 | 3))
+                .collect(),
         }
+    }
+
+    fn len(&self) -> usize {
+        self.t.len()
+    }
+
+    /// Sample `i` alone.
+    fn one(&self, i: usize) -> Self {
+        let per: usize = self.sample_shape.iter().product();
+        Self {
+            x: self.x[i * per..(i + 1) * per].to_vec(),
+            sample_shape: self.sample_shape,
+            t: vec![self.t[i]],
+            y: vec![self.y[i]],
+            null_t: vec![self.null_t[i]],
+            null_class: vec![self.null_class[i]],
+        }
+    }
+
+    fn latents<B: Backend>(&self, device: &B::Device) -> Tensor<B, 4> {
+        let [c, h, w] = self.sample_shape;
+        Tensor::from_data(
+            TensorData::new(self.x.clone(), [self.len(), c, h, w]),
+            device,
+        )
     }
 
     /// `model`'s output on these inputs (with masks only where the model has the null
     /// vectors).
     fn forward<B: Backend>(&self, model: &Dit<B>) -> Tensor<B, 4> {
         let device = model.device();
-        let n = self.null_t.len();
+        let n = self.len();
         let mask = |m: &[bool], on: bool| {
             on.then(|| Tensor::<B, 1, Bool>::from_data(TensorData::new(m.to_vec(), [n]), &device))
         };
         let config = model.config();
         model.forward(
-            Tensor::from_data(self.x.clone(), &device),
-            Tensor::from_data(self.t.clone(), &device),
-            Tensor::<B, 1, Int>::from_data(self.y.clone(), &device),
+            self.latents(&device),
+            Tensor::from_data(TensorData::new(self.t.clone(), [n]), &device),
+            Tensor::<B, 1, Int>::from_data(TensorData::new(self.y.clone(), [n]), &device),
             mask(&self.null_t, config.null_timestep),
             mask(&self.null_class, config.has_null_class()),
         )
     }
+}
+
+/// The reference's forward, one thread per sample (the CPU backends compute on one core
+/// each; the XL/2 check would otherwise take minutes).
+fn forward_per_sample<B: Backend>(model: &Dit<B>, inputs: &Inputs) -> Vec<f32> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..inputs.len())
+            .map(|i| {
+                let (model, one) = (model.clone(), inputs.one(i));
+                scope.spawn(move || host(one.forward(&model)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a reference thread panicked"))
+            .collect()
+    })
 }
 
 fn host(t: Tensor<impl Backend, 4>) -> Vec<f32> {
@@ -274,11 +312,15 @@ fn gradients<B: AutodiffBackend>(model: &Dit<B>, grads: &B::Gradients) -> Vec<f3
     v.out
 }
 
-/// The loss of one training step and every gradient (the bench's loss, on fixed inputs).
-fn train_step<B: AutodiffBackend>(model: &Dit<B>, inputs: &Inputs) -> (f64, Vec<f32>) {
+/// One training step's loss `mean((out[:, :C] − x)²)` scaled by `weight`, and every
+/// gradient of it (the bench's loss, on fixed inputs).
+fn train_step<B: AutodiffBackend>(model: &Dit<B>, inputs: &Inputs, weight: f64) -> (f64, Vec<f32>) {
     let c = model.config().in_channels;
-    let x = Tensor::<B, 4>::from_data(inputs.x.clone(), &model.device());
-    let loss = (inputs.forward(model).narrow(1, 0, c) - x).square().mean();
+    let x = inputs.latents::<B>(&model.device());
+    let loss = (inputs.forward(model).narrow(1, 0, c) - x)
+        .square()
+        .mean()
+        .mul_scalar(weight);
     let value = loss
         .clone()
         .into_data()
@@ -287,6 +329,22 @@ fn train_step<B: AutodiffBackend>(model: &Dit<B>, inputs: &Inputs) -> (f64, Vec<
         .expect("f32")[0];
     let grads = loss.backward();
     (value as f64, gradients(model, &grads))
+}
+
+/// [`train_step`] of the whole batch as the sum of one-sample steps, each on its own thread
+/// and autodiff graph ([`on_own_graphs`]): the same loss and gradients up to rounding.
+fn train_step_per_sample<B: AutodiffBackend>(model: &Dit<B>, inputs: &Inputs) -> (f64, Vec<f32>) {
+    let n = inputs.len();
+    let pieces: Vec<Inputs> = (0..n).map(|i| inputs.one(i)).collect();
+    on_own_graphs(model, pieces, |local, one| {
+        train_step(local, &one, 1.0 / n as f64)
+    })
+    .into_iter()
+    .reduce(|(la, mut ga), (lb, gb)| {
+        ga.iter_mut().zip(&gb).for_each(|(a, b)| *a += b);
+        (la + lb, ga)
+    })
+    .expect("at least one sample")
 }
 
 /// `‖v‖₂` in f64.
@@ -338,7 +396,9 @@ fn ddpm_config(steps: usize, seed: u64) -> SampleConfig {
 }
 
 /// Runs the checks of [`ParityOptions`] on backend `A` (checked) against backend `R`
-/// (reference), both from the same seeded random weights. `progress` is told each stage's
+/// (reference), both from the same seeded random weights. The reference (a CPU backend)
+/// computes the forward and the training step one sample per thread, the checked backend the
+/// whole batch at once; for DiT-XL/2 the reference needs about 25 GB of memory. `progress` is told each stage's
 /// name as it starts.
 pub fn parity<R: AutodiffBackend, A: AutodiffBackend>(
     reference: &R::Device,
@@ -361,14 +421,18 @@ pub fn parity<R: AutodiffBackend, A: AutodiffBackend>(
 
     progress("forward");
     let inputs = Inputs::new(&o.config, o.forward_batch, o.seed + 1);
-    let r = host(inputs.forward(&model_with::<R::InnerBackend>(&o.config, &sd, reference)?));
+    let r = forward_per_sample(
+        &model_with::<R::InnerBackend>(&o.config, &sd, reference)?,
+        &inputs,
+    );
     let a = host(inputs.forward(&model_with::<A::InnerBackend>(&o.config, &sd, checked)?));
     let forward = Deviation::of(&a, &r);
 
     progress("training step");
     let inputs = Inputs::new(&o.config, o.train_batch, o.seed + 2);
-    let (loss_r, grads_r) = train_step(&model_with::<R>(&o.config, &sd, reference)?, &inputs);
-    let (loss_a, grads_a) = train_step(&model_with::<A>(&o.config, &sd, checked)?, &inputs);
+    let (loss_r, grads_r) =
+        train_step_per_sample(&model_with::<R>(&o.config, &sd, reference)?, &inputs);
+    let (loss_a, grads_a) = train_step(&model_with::<A>(&o.config, &sd, checked)?, &inputs, 1.0);
     let (norm_r, norm_a) = (norm(&grads_r), norm(&grads_a));
     let gradients = Deviation::of(&grads_a, &grads_r);
     drop((grads_a, grads_r, sd));

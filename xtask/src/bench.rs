@@ -21,7 +21,10 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::Args;
 use nag_backends::{dispatch_precision, BackendTask, DeviceSpec, Precision};
+use nag_core::guidance::Guidance;
 use nag_models::dit::DitConfig;
+use nag_train::guided::GuidedDit;
+use nag_train::sampling::{DiffusionModel, TimePoint};
 use nag_train::train::{on_own_graphs, sum_gradients};
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +79,13 @@ pub struct Timing {
     pub forward_ms: f64,
     /// Parameter count.
     pub params: usize,
+    /// Median milliseconds of one guided sampling step (the network evaluations and their
+    /// combination, no sampler arithmetic) with CFG (2 branches, s = 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cfg_step_ms: Option<f64>,
+    /// The same with CFG+NAG (3 branches, s = 4, w = 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cfg_nag_step_ms: Option<f64>,
 }
 
 /// Median of `iters` timed calls of `f`, after one untimed warm-up call.
@@ -194,11 +204,34 @@ impl BackendTask for Task<'_> {
             })
         };
         let forward_ms = median_ms(a.iters, forward);
+
+        // One guided step at τ ≈ 0.5 as the sampler runs it (`GuidedDit`, the batch split
+        // over the same concurrent chunks).
+        let x = Tensor::<B::InnerBackend, 4>::from_data(
+            TensorData::new(values.clone(), [n, 4, a.size, a.size]),
+            &inner,
+        );
+        let at = TimePoint {
+            tau: 0.5,
+            ddpm_index: Some(499),
+        };
+        let step_ms = |guidance: Guidance| -> Result<f64> {
+            let mut guided = GuidedDit::new(&inference, &y_values, guidance)?
+                .with_threads(self.spec.concurrent_batches());
+            Ok(median_ms(a.iters, || {
+                let out = guided.predict(x.clone(), at);
+                let _ = out.pred.slice([0..1, 0..1, 0..1, 0..1]).into_data();
+            }))
+        };
+        let cfg_step_ms = step_ms(Guidance::cfg(4.0))?;
+        let cfg_nag_step_ms = step_ms(Guidance::cfg_nag(4.0, 1.0))?;
         let _ = <B::InnerBackend as Backend>::sync(&inner);
         Ok(Timing {
             train_step_ms,
             forward_ms,
             params,
+            cfg_step_ms: Some(cfg_step_ms),
+            cfg_nag_step_ms: Some(cfg_nag_step_ms),
         })
     }
 }
@@ -266,6 +299,8 @@ fn torch_timing(a: &BenchArgs, python: &PathBuf) -> Result<(Timing, usize)> {
             train_step_ms: num("train_step_ms")?,
             forward_ms: num("forward_ms")?,
             params: num("params")? as usize,
+            cfg_step_ms: None,
+            cfg_nag_step_ms: None,
         },
         num("torch_threads")? as usize,
     ))
@@ -294,6 +329,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                        "size": a.size, "batch": a.batch, "iters": a.iters},
             "device": a.device,
             "burn": burn,
+            "ratio_cfg_nag_vs_cfg": burn.cfg_nag_step_ms.zip(burn.cfg_step_ms).map(|(a, b)| a / b),
         });
         if let Some((t, torch_threads)) = &torch {
             v["torch"] = serde_json::to_value(t)?;
@@ -333,6 +369,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         );
     } else {
         println!("(pass --torch PYTHON, a Python with torch, to time the PyTorch reference too)");
+    }
+    if let (Some(cfg), Some(cfg_nag)) = (burn.cfg_step_ms, burn.cfg_nag_step_ms) {
+        println!(
+            "guided step: CFG {cfg:.1} ms, CFG+NAG {cfg_nag:.1} ms, ratio {:.2} (3 branches / 2)",
+            cfg_nag / cfg
+        );
     }
     Ok(())
 }

@@ -265,6 +265,8 @@ pub struct Report {
     pub ratio_train_step_bf16: Option<f64>,
     /// burn / torch, forward, bf16.
     pub ratio_forward_bf16: Option<f64>,
+    /// burn, f32: one guided step with CFG+NAG (3 branches) / one with CFG (2 branches).
+    pub ratio_cfg_nag_vs_cfg: Option<f64>,
     /// Peak GPU memory of the burn speed stage (nvidia-smi, above idle).
     pub peak_memory_bytes: Option<u64>,
     /// `torch.cuda.max_memory_allocated` of PyTorch's f32 training step.
@@ -564,6 +566,10 @@ fn report(a: &GpuCheckArgs) -> Result<()> {
         ratio_forward: f32_ratios.map(|r| r.1),
         ratio_train_step_bf16: bf16_ratios.map(|r| r.0),
         ratio_forward_bf16: bf16_ratios.map(|r| r.1),
+        ratio_cfg_nag_vs_cfg: burn
+            .iter()
+            .find(|r| r.precision == Precision::F32)
+            .and_then(|r| Some(r.timing.cfg_nag_step_ms? / r.timing.cfg_step_ms?)),
         peak_memory_bytes: a.peak_memory_bytes,
         torch_peak_memory_bytes: torch
             .iter()
@@ -650,6 +656,11 @@ fn markdown(r: &Report) -> String {
             num(t.map(|t| row.timing.forward_ms / t.forward_ms), 2)
         );
     }
+    let _ = writeln!(
+        s,
+        "| guided step, f32: CFG+NAG (3 branches) / CFG (2 branches) | {} |",
+        num(r.ratio_cfg_nag_vs_cfg, 2)
+    );
     let gib = |b: Option<u64>| num(b.map(|b| b as f64 / (1u64 << 30) as f64), 2);
     let _ = writeln!(
         s,
