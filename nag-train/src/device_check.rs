@@ -503,10 +503,13 @@ pub struct SamplingRate {
 
 /// Times a `steps`-step DDPM run of `batch` images with NAG and then with CFG+NAG on
 /// `device`, after one untimed 2-step run of each (kernel compilation and autotuning).
+/// `progress` is told each stage's name as it starts, `done` the runs measured so far after
+/// each run (so a caller can keep the first if the second is cut short).
 pub fn sampling_rate<B: Backend>(
     device: &B::Device,
     o: &SamplingRateOptions,
     mut progress: impl FnMut(&str),
+    mut done: impl FnMut(&[SamplingRate]),
 ) -> Result<Vec<SamplingRate>, DeviceCheckError> {
     o.config
         .validate()
@@ -556,6 +559,7 @@ pub fn sampling_rate<B: Backend>(
             seconds,
             images_per_s: o.batch as f64 / seconds,
         });
+        done(&out);
     }
     Ok(out)
 }

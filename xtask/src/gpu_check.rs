@@ -321,7 +321,7 @@ impl BackendTask for ParityTask<'_> {
     }
 }
 
-struct SampleTask<'a>(&'a SamplingRateOptions);
+struct SampleTask<'a>(&'a SamplingRateOptions, &'a Path);
 
 impl BackendTask for SampleTask<'_> {
     type Output = Result<Vec<SamplingRate>>;
@@ -329,11 +329,26 @@ impl BackendTask for SampleTask<'_> {
         self,
         device: B::Device,
     ) -> Result<Vec<SamplingRate>> {
-        Ok(sampling_rate::<B::InnerBackend>(
+        let (options, out) = (self.0, self.1);
+        let mut written = Ok(());
+        let runs = sampling_rate::<B::InnerBackend>(
             &device,
-            self.0,
+            options,
             |stage| eprintln!("sample: {stage}"),
-        )?)
+            |runs| {
+                // Kept after each run: a timeout in the CFG+NAG run keeps the NAG one.
+                let stage = SampleStage {
+                    steps: options.steps,
+                    batch: options.batch,
+                    runs: runs.to_vec(),
+                };
+                written = written.clone().and(
+                    write_json(&stage_file(out, "sample"), &stage).map_err(|e| format!("{e:#}")),
+                );
+            },
+        )?;
+        written.map_err(anyhow::Error::msg)?;
+        Ok(runs)
     }
 }
 
@@ -477,19 +492,14 @@ pub fn run(a: &GpuCheckArgs) -> Result<()> {
                 cfg: 1.5,
                 seed: 0,
             };
-            let rates = dispatch(spec, SampleTask(&options))??;
+            let rates = dispatch(spec, SampleTask(&options, &a.out))??;
             for r in &rates {
                 println!(
                     "sample {}: {} images × {} steps in {:.1} s = {:.3} images/s",
                     r.guidance, options.batch, options.steps, r.seconds, r.images_per_s
                 );
             }
-            let stage = SampleStage {
-                steps: options.steps,
-                batch: options.batch,
-                runs: rates,
-            };
-            write_json(&stage_file(&a.out, "sample"), &stage)
+            Ok(())
         }
         Stage::Report => report(a),
     }
