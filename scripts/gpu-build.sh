@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds what scripts/gpu-check.sh needs on a GPU machine that has no Rust toolchain:
-# gpu-bin/xtask (release, --features cuda, symbols stripped), gpu-bin/xtask.gz (the same,
-# compressed: ~15 MiB of the 64 MiB a device call carries; carry only gpu-bin/xtask.gz and
-# gpu-bin/COMMIT) and gpu-bin/COMMIT.
+# gpu-bin/xtask.gz (release, --features cuda, symbols stripped, gzipped: ~15 MiB of the
+# 64 MiB a device call carries; scripts/gpu-check.sh unpacks it) and gpu-bin/COMMIT.
+# The unpacked binary stays in target/gpu/release/xtask.
 #
 #   scripts/gpu-build.sh            # then carry gpu-bin/ to the GPU machine
 #
@@ -13,15 +13,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
 cargo build --release -p xtask --features cuda --target-dir target/gpu
+rm -rf gpu-bin
 mkdir -p gpu-bin
 cp target/gpu/release/xtask gpu-bin/xtask.tmp
 strip gpu-bin/xtask.tmp
-mv gpu-bin/xtask.tmp gpu-bin/xtask
+gzip -9 -c gpu-bin/xtask.tmp > gpu-bin/xtask.gz.tmp
+rm gpu-bin/xtask.tmp
+mv gpu-bin/xtask.gz.tmp gpu-bin/xtask.gz
 commit=$(git rev-parse HEAD)
 git diff --quiet HEAD -- . ':!gpu-bin' || commit="$commit-dirty"
 echo "$commit" > gpu-bin/COMMIT
-gzip -9 -c gpu-bin/xtask > gpu-bin/xtask.gz.tmp
-mv gpu-bin/xtask.gz.tmp gpu-bin/xtask.gz
 size=$(stat -c %s gpu-bin/xtask.gz)
 echo "gpu-bin/xtask.gz: $(( size / 1024 / 1024 )) MiB, commit $commit (CUDA bindings $CUDARC_CUDA_VERSION)"
 if [ "$size" -gt $(( 48 * 1024 * 1024 )) ]; then
