@@ -10,7 +10,7 @@
 //! built without threads of its own). Timings are wall-clock and machine-dependent: only
 //! the ratio between the two implementations measured together means anything.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -262,7 +262,8 @@ fn torch_timing(a: &BenchArgs, python: &PathBuf) -> Result<(Timing, usize)> {
             a.torch_script.display()
         );
     }
-    let out = Command::new(python)
+    let mut command = Command::new(python);
+    command
         .arg(&a.torch_script)
         .args(["--depth", &a.depth.to_string()])
         .args(["--hidden", &a.hidden.to_string()])
@@ -271,25 +272,10 @@ fn torch_timing(a: &BenchArgs, python: &PathBuf) -> Result<(Timing, usize)> {
         .args(["--size", &a.size.to_string()])
         .args(["--batch", &a.batch.to_string()])
         .args(["--iters", &a.iters.to_string()])
-        .args(["--threads", &a.torch_threads.to_string()])
-        .output()
-        .with_context(|| format!("running {} (--torch)", python.display()))?;
-    if !out.status.success() {
-        bail!(
-            "the PyTorch reference failed ({}); is torch installed for {}? Its output:\n{}",
-            out.status,
-            python.display(),
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .context("the PyTorch reference printed no JSON line")?;
+        .args(["--threads", &a.torch_threads.to_string()]);
+    let line = json_line(&mut command, python)?;
     let v: serde_json::Value =
-        serde_json::from_str(line).context("the PyTorch reference's JSON line")?;
+        serde_json::from_str(&line).context("the PyTorch reference's JSON line")?;
     let num = |k: &str| {
         v[k].as_f64()
             .with_context(|| format!("the PyTorch reference's JSON has no number '{k}'"))
@@ -304,6 +290,28 @@ fn torch_timing(a: &BenchArgs, python: &PathBuf) -> Result<(Timing, usize)> {
         },
         num("torch_threads")? as usize,
     ))
+}
+
+/// Runs a PyTorch reference script (`command`, with `python` as its program) and returns the
+/// last line of its output that is a JSON object; a failure quotes the script's stderr.
+pub(crate) fn json_line(command: &mut Command, python: &Path) -> Result<String> {
+    let out = command
+        .output()
+        .with_context(|| format!("running {} (--torch)", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "the PyTorch reference failed ({}); is torch installed for {}? Its output:\n{}",
+            out.status,
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .map(str::to_string)
+        .context("the PyTorch reference printed no JSON line")
 }
 
 /// Runs `cargo xtask bench`.

@@ -27,7 +27,7 @@ use nag_train::device_check::{
 use nag_train::train::write_atomic;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::bench::{time_burn, BenchArgs, Timing};
+use crate::bench::{json_line, time_burn, BenchArgs, Timing};
 
 /// One stage of the check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -364,7 +364,8 @@ fn torch_row(a: &GpuCheckArgs, bench: &BenchArgs, dtype: Precision) -> Result<To
     } else {
         "cpu"
     };
-    let out = Command::new(&a.torch)
+    let mut command = Command::new(&a.torch);
+    command
         .arg(&a.torch_script)
         .args(["--depth", &bench.depth.to_string()])
         .args(["--hidden", &bench.hidden.to_string()])
@@ -373,23 +374,9 @@ fn torch_row(a: &GpuCheckArgs, bench: &BenchArgs, dtype: Precision) -> Result<To
         .args(["--size", &bench.size.to_string()])
         .args(["--batch", &bench.batch.to_string()])
         .args(["--iters", &bench.iters.to_string()])
-        .args(["--device", device, "--dtype", &dtype.to_string()])
-        .output()
-        .with_context(|| format!("running {} (--torch)", a.torch.display()))?;
-    if !out.status.success() {
-        bail!(
-            "the PyTorch reference failed ({}); its output:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .context("the PyTorch reference printed no JSON line")?;
-    serde_json::from_str(line).context("the PyTorch reference's JSON line")
+        .args(["--device", device, "--dtype", &dtype.to_string()]);
+    let line = json_line(&mut command, &a.torch)?;
+    serde_json::from_str(&line).context("the PyTorch reference's JSON line")
 }
 
 /// Runs `xtask gpu-check`.
