@@ -236,13 +236,14 @@ impl BackendTask for Task<'_> {
     }
 }
 
-/// Times `a`'s training step and forward of `config` on `spec` at `precision`.
-pub(crate) fn time_burn(
-    a: &BenchArgs,
-    config: DitConfig,
-    spec: DeviceSpec,
-    precision: Precision,
-) -> Result<Timing> {
+/// Times `a`'s training step and forward on `spec` at `precision`.
+pub(crate) fn time_burn(a: &BenchArgs, spec: DeviceSpec, precision: Precision) -> Result<Timing> {
+    // The PyTorch reference's network: 1000 classes (+ null row), learned sigma, null-t.
+    let config = DitConfig::new(a.size, a.patch, 4, a.hidden, a.depth, a.heads, 1000)
+        .with_null_timestep(true);
+    config
+        .validate()
+        .context("the benchmark's model (--depth/--hidden/--heads/--patch/--size)")?;
     dispatch_precision(
         spec,
         precision,
@@ -319,13 +320,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.iters == 0 || a.batch == 0 {
         bail!("--iters and --batch must be at least 1");
     }
-    let config = DitConfig::new(a.size, a.patch, 4, a.hidden, a.depth, a.heads, 1000)
-        .with_null_timestep(true);
-    config
-        .validate()
-        .context("the benchmark's model (--depth/--hidden/--heads/--patch/--size)")?;
     let spec = DeviceSpec::parse(&a.device)?;
-    let burn = time_burn(a, config, spec, Precision::F32)?;
+    let burn = time_burn(a, spec, Precision::F32)?;
     let torch = match &a.torch {
         Some(python) => Some(torch_timing(a, python)?),
         None => None,

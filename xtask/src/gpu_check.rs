@@ -424,22 +424,12 @@ pub fn run(a: &GpuCheckArgs) -> Result<()> {
         }
         Stage::Speed => {
             let bench = a.bench_args();
-            let config = DitConfig::new(
-                bench.size,
-                bench.patch,
-                4,
-                bench.hidden,
-                bench.depth,
-                bench.heads,
-                1000,
-            )
-            .with_null_timestep(true);
             let mut stage = SpeedStage {
                 model: ModelShape::of(&bench),
                 rows: Vec::new(),
             };
             for &precision in &precisions {
-                let timing = time_burn(&bench, config.clone(), spec, precision)?;
+                let timing = time_burn(&bench, spec, precision)?;
                 println!(
                     "burn {precision}: train step {:.1} ms, forward {:.1} ms (batch {})",
                     timing.train_step_ms, timing.forward_ms, bench.batch
