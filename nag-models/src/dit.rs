@@ -24,11 +24,10 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Shape, Tensor, TensorData};
 use nag_core::guidance::GuidancePlan;
 
+use crate::kernels;
 use crate::state_dict::{CheckpointError, StateDict};
 
 /// Epsilon of every LayerNorm in the network (no affine parameters), as in the reference.
@@ -1047,8 +1046,8 @@ impl<B: Backend> LabelEmbedder<B> {
 }
 
 /// Multi-head self-attention: `qkv = Linear(D, 3D)` with features `[q | k | v]`, heads
-/// contiguous inside each; `softmax(q·kᵀ·hd^−½)·v` per head (burn's fused
-/// [`attention`] op); `proj = Linear(D, D)`. Keys: `attn.qkv.*`, `attn.proj.*`.
+/// contiguous inside each; `softmax(q·kᵀ·hd^−½)·v` per head ([`kernels::attention_qkv`]: a
+/// fused kernel on the CPU backend, burn's `attention` op elsewhere); `proj = Linear(D, D)`. Keys: `attn.qkv.*`, `attn.proj.*`.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// `Linear(D, 3D)`.
@@ -1062,24 +1061,9 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     /// `[N, L, D] → [N, L, D]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [n, l, d] = x.dims();
-        let h = self.num_heads;
-        let hd = d / h;
-        // [N, L, 3, H, hd] → [3, N, H, L, hd]
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([n, l, 3, h, hd])
-            .permute([2, 0, 3, 1, 4]);
-        let [q, k, v] =
-            core::array::from_fn(|i| qkv.clone().narrow(0, i, 1).reshape([n, h, l, hd]));
-        let options = AttentionModuleOptions {
-            scale: Some((hd as f64).powf(-0.5)),
-            softcap: None,
-            is_causal: false,
-        };
-        let out = attention(q, k, v, None, None, options); // [N, H, L, hd]
-        self.proj.forward(out.swap_dims(1, 2).reshape([n, l, d]))
+        let qkv = self.qkv.forward(x);
+        self.proj
+            .forward(kernels::attention_qkv(qkv, self.num_heads))
     }
 }
 
@@ -1114,11 +1098,11 @@ impl<B: Backend> Mlp<B> {
 /// (1.7e-7 relative vs 1.5e-6). The exponent is clamped at 80 (e^80 ≈ 5.5e34, still finite in
 /// f32) so that very negative x gives `x / huge = −0` and a finite gradient instead of
 /// `∞·0 = NaN` in the backward pass; for such x the exact value is below 1e-30 anyway.
+///
+/// On burn-ndarray f32 this is one fused pass each way ([`kernels::gelu`]); elsewhere the plain
+/// ops of [`kernels::gelu_tanh_plain`].
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
-    let minus_two_z =
-        x.clone() * (x.clone().square() * (-0.044715 * TWO_SQRT_2_OVER_PI) - TWO_SQRT_2_OVER_PI);
-    x * (minus_two_z.clamp_max(80.0).exp() + 1.0).recip()
+    kernels::gelu_tanh(x)
 }
 
 /// DiT block with adaLN-Zero conditioning on `c: [N, D]`:

@@ -6,6 +6,7 @@
 //!   classifier-free NAG drops, and a guided forward that batches all guidance branches.
 //! - [`estimator`]: the noise-level estimator `g_φ(τ | x)` used to measure the noise shift and
 //!   for classifier NAG.
+//! - [`kernels`]: fused CPU kernels (attention) behind backend-generic functions.
 //! - [`state_dict`]: the framework-neutral state dict models convert to and from.
 //! - [`checkpoint`]: checkpoint files (`.pt`, `.safetensors`) ↔ state dicts.
 //! - [`npy`]: `.npy` arrays.
@@ -16,6 +17,7 @@
 pub mod checkpoint;
 pub mod dit;
 pub mod estimator;
+pub mod kernels;
 pub mod npy;
 pub mod npz;
 pub mod state_dict;

@@ -1,0 +1,188 @@
+//! Fused CPU kernels behind backend-generic functions: the models call these with any
+//! `B: Backend`; on burn-ndarray with f32 tensors (plain, or inside burn's default `Autodiff`,
+//! as training and sampling run on the CPU) they take a fused kernel ([`ndarray`]), on every other
+//! backend the plain burn ops given next to each, which define the result.
+//!
+//! Why a type check and not an extension trait: stable Rust has no specialisation, so a
+//! `B: Backend + FusedOps` bound would have to be added to every generic signature that reaches
+//! a model (about 300 in this workspace) and implemented for each backend; instead each entry
+//! point compares `B` (or its tensor primitive) with the ndarray types by `TypeId` and moves the
+//! primitive across with a safe `Any` downcast ([`ndarray`]).
+//!
+//! - [`attention_qkv`]: multi-head self-attention from the fused `qkv` projection
+//!   ([`attention`]: the kernel and its backward).
+//! - [`gelu_tanh`]: GELU, tanh approximation ([`gelu`]).
+
+pub mod attention;
+pub mod gelu;
+pub mod ndarray;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention as burn_attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::Tensor;
+
+use attention::AttentionShape;
+
+/// Multi-head self-attention `softmax(q·kᵀ·hd^−½)·v` per head, from `qkv: [N, L, 3D]` (features
+/// `[q | k | v]`, `heads` heads contiguous inside each, as DiT's `Linear(D, 3D)` gives them) to
+/// `[N, L, D]` (heads concatenated, as `proj` takes them).
+///
+/// # Panics
+/// If `3·heads` does not divide the last dim (the model's configuration is validated first).
+pub fn attention_qkv<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+    let [n, len, three_d] = qkv.dims();
+    assert!(
+        heads > 0 && three_d % (3 * heads) == 0,
+        "qkv width {three_d} is not 3 × heads ({heads}) × head width"
+    );
+    let shape = AttentionShape {
+        n,
+        len,
+        heads,
+        head_dim: three_d / 3 / heads,
+    };
+    match ndarray::attention(qkv, shape) {
+        Ok(out) => out,
+        Err(qkv) => attention_qkv_plain(qkv, heads),
+    }
+}
+
+/// [`attention_qkv`] in plain burn ops (every backend; the definition the kernels are tested
+/// against): split into `[N, H, L, hd]` q, k, v, burn's `attention`, heads back together.
+pub fn attention_qkv_plain<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+    let [n, l, three_d] = qkv.dims();
+    let d = three_d / 3;
+    let hd = d / heads;
+    // [N, L, 3, H, hd] → [3, N, H, L, hd]
+    let qkv = qkv.reshape([n, l, 3, heads, hd]).permute([2, 0, 3, 1, 4]);
+    let [q, k, v] =
+        core::array::from_fn(|i| qkv.clone().narrow(0, i, 1).reshape([n, heads, l, hd]));
+    let options = AttentionModuleOptions {
+        scale: Some(attention_scale(hd) as f64),
+        softcap: None,
+        is_causal: false,
+    };
+    let out = burn_attention(q, k, v, None, None, options); // [N, H, L, hd]
+    out.swap_dims(1, 2).reshape([n, l, d])
+}
+
+/// The attention scale `hd^−½`.
+pub fn attention_scale(head_dim: usize) -> f32 {
+    (head_dim as f32).powf(-0.5)
+}
+
+/// GELU, tanh approximation, element-wise (see [`crate::dit::gelu_tanh`] for the form).
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    match ndarray::gelu_tanh(x) {
+        Ok(y) => y,
+        Err(x) => gelu_tanh_plain(x),
+    }
+}
+
+/// [`gelu_tanh`] in plain burn ops: `x / (1 + e^{min(−2z, 80)})`,
+/// `−2z = x·(−0.044715·2√(2/π)·x² − 2√(2/π))`.
+pub fn gelu_tanh_plain<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
+    let minus_two_z =
+        x.clone() * (x.clone().square() * (-0.044715 * TWO_SQRT_2_OVER_PI) - TWO_SQRT_2_OVER_PI);
+    x * (minus_two_z.clamp_max(80.0).exp() + 1.0).recip()
+}
+#[cfg(test)]
+mod tests {
+    use super::ndarray::{Cpu, CpuAutodiff};
+    use super::*;
+    use burn::tensor::{Distribution, TensorData};
+
+    const HEADS: usize = 2;
+    const SHAPE: AttentionShape = AttentionShape {
+        n: 2,
+        len: 9,
+        heads: HEADS,
+        head_dim: 4,
+    };
+
+    fn qkv<B: Backend>(device: &B::Device) -> Tensor<B, 3> {
+        Tensor::random(
+            [2, 9, 3 * HEADS * 4],
+            Distribution::Normal(0.0, 1.5),
+            device,
+        )
+    }
+
+    fn max_rel(a: TensorData, r: TensorData) -> f64 {
+        let (a, r) = (a.to_vec::<f32>().unwrap(), r.to_vec::<f32>().unwrap());
+        assert_eq!(a.len(), r.len());
+        let scale = r.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 1e-3, "vacuous comparison");
+        let err = a
+            .iter()
+            .zip(&r)
+            .fold(0.0f32, |m, (a, r)| m.max((a - r).abs()));
+        (err / scale) as f64
+    }
+
+    /// `(output, gradient of Σ w ⊙ output)` of `op` at `x` on the autodiff CPU backend.
+    fn value_and_grad<const D: usize>(
+        x: &Tensor<CpuAutodiff, D>,
+        op: impl Fn(Tensor<CpuAutodiff, D>) -> Tensor<CpuAutodiff, D>,
+    ) -> (TensorData, TensorData) {
+        let x = x.clone().detach().require_grad();
+        let out = op(x.clone());
+        // Fixed weights (not the shared random generator: tests run concurrently).
+        let shape = out.shape();
+        let w: Vec<f32> = (0..shape.num_elements())
+            .map(|i| (i as f32 * 0.7).sin())
+            .collect();
+        let weights = Tensor::<CpuAutodiff, D>::from_data(TensorData::new(w, shape), &out.device());
+        let value = out.clone().into_data();
+        let grads = (out * weights).sum().backward();
+        (value, x.grad(&grads).expect("x has a gradient").into_data())
+    }
+
+    #[test]
+    fn attention_kernel_matches_plain_ops() {
+        let x = qkv::<Cpu>(&Default::default());
+        let fused = ndarray::attention(x.clone(), SHAPE).expect("ndarray f32 takes the kernel");
+        let plain = attention_qkv_plain(x, HEADS);
+        assert!(max_rel(fused.into_data(), plain.into_data()) < 1e-6);
+    }
+
+    #[test]
+    fn attention_kernel_gradients_match_plain_ops() {
+        let x = qkv::<CpuAutodiff>(&Default::default());
+        assert!(
+            ndarray::attention(x.clone(), SHAPE).is_ok(),
+            "autodiff ndarray takes the kernel"
+        );
+        let (out, grad) = value_and_grad(&x, |x| attention_qkv(x, HEADS));
+        let (want_out, want_grad) = value_and_grad(&x, |x| attention_qkv_plain(x, HEADS));
+        assert!(max_rel(out, want_out) < 1e-6);
+        assert!(max_rel(grad, want_grad) < 1e-5);
+    }
+
+    #[test]
+    fn gelu_kernel_matches_plain_ops() {
+        let x = Tensor::<Cpu, 3>::random(
+            [2, 5, 7],
+            Distribution::Normal(0.0, 3.0),
+            &Default::default(),
+        );
+        let fused = ndarray::gelu_tanh(x.clone()).expect("ndarray f32 takes the kernel");
+        assert!(max_rel(fused.into_data(), gelu_tanh_plain(x).into_data()) < 1e-6);
+
+        let x = Tensor::<CpuAutodiff, 3>::random(
+            [2, 5, 7],
+            Distribution::Normal(0.0, 3.0),
+            &Default::default(),
+        );
+        assert!(
+            ndarray::gelu_tanh(x.clone()).is_ok(),
+            "autodiff ndarray takes the kernel"
+        );
+        let (out, grad) = value_and_grad(&x, gelu_tanh);
+        let (want_out, want_grad) = value_and_grad(&x, gelu_tanh_plain);
+        assert!(max_rel(out, want_out) < 1e-6);
+        assert!(max_rel(grad, want_grad) < 1e-5);
+    }
+}
