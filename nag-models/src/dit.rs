@@ -1061,9 +1061,8 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     /// `[N, L, D] → [N, L, D]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let qkv = self.qkv.forward(x);
-        self.proj
-            .forward(kernels::attention_qkv(qkv, self.num_heads))
+        let qkv = kernels::linear_tokens(&self.qkv, x);
+        kernels::linear_tokens(&self.proj, kernels::attention_qkv(qkv, self.num_heads))
     }
 }
 
@@ -1080,7 +1079,8 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `[N, L, D] → [N, L, D]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(gelu_tanh(self.fc1.forward(x)))
+        let h = gelu_tanh(kernels::linear_tokens(&self.fc1, x));
+        kernels::linear_tokens(&self.fc2, h)
     }
 }
 
@@ -1207,7 +1207,7 @@ impl<B: Backend> FinalLayer<B> {
     /// `x: [N, T, D]`, `c: [N, D]` → `[N, T, p²·C_out]`.
     pub fn forward(&self, x: Tensor<B, 3>, c: Tensor<B, 2>) -> Tensor<B, 3> {
         let [shift, scale] = chunks::<B, 2>(self.ada_ln_modulation.forward(silu(c)));
-        self.linear.forward(modulate(layer_norm(x), shift, scale))
+        kernels::linear_tokens(&self.linear, modulate(layer_norm(x), shift, scale))
     }
 }
 

@@ -12,11 +12,13 @@
 //! - [`attention_qkv`]: multi-head self-attention from the fused `qkv` projection
 //!   ([`attention`]: the kernel and its backward).
 //! - [`gelu_tanh`]: GELU, tanh approximation ([`gelu`]).
+//! - [`linear_tokens`]: a `Linear` on `[N, T, D]` tokens as one matrix product (plain ops).
 
 pub mod attention;
 pub mod gelu;
 pub mod ndarray;
 
+use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -88,6 +90,18 @@ pub fn gelu_tanh_plain<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B,
         x.clone() * (x.clone().square() * (-0.044715 * TWO_SQRT_2_OVER_PI) - TWO_SQRT_2_OVER_PI);
     x * (minus_two_z.clamp_max(80.0).exp() + 1.0).recip()
 }
+/// `linear(x)` for tokens `x: [N, T, D_in] → [N, T, D_out]`, computed on `[N·T, D_in]`: burn
+/// 0.21's linear on a 3-D input runs one matrix product per sample (m = T) and its weight
+/// gradient materialises the N per-sample products `x_nᵀ·g_n` before summing them; flattened,
+/// the forward is one product with m = N·T and the weight gradient one product `xᵀ·g`. Same
+/// result up to summation order, on every backend.
+pub fn linear_tokens<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [n, t, d] = x.dims();
+    let y = linear.forward(x.reshape([n * t, d]));
+    let out = y.dims()[1];
+    y.reshape([n, t, out])
+}
+
 #[cfg(test)]
 mod tests {
     use super::ndarray::{Cpu, CpuAutodiff};
