@@ -6,15 +6,15 @@
 //! features `[q | k | v]`, heads contiguous inside each, as in DiT's `Attention`), output
 //! `[N, L, H, hd]` (= `[N, L, D]`, ready for `proj`), probabilities `[N, H, L, L]`.
 //!
-//! The products go through the `gemm` crate (runtime-dispatched AVX2/AVX-512/NEON kernels that
-//! take arbitrary strides, so q, k, v and the output are read and written in place).
+//! The products go through [`matmul`] (strided, so q, k, v and the output are read and
+//! written in place).
 //! Backward, with `P = softmax(S)`, `S = s·Q·Kᵀ`, `O = P·V` and the output gradient `dO`:
 //!
 //! ```text
 //! dV = Pᵀ·dO      dP = dO·Vᵀ      dS = P ⊙ (dP − rowsum(dP ⊙ P))      dQ = s·dS·K      dK = s·dSᵀ·Q
 //! ```
 
-use gemm::{gemm, Parallelism};
+use super::matmul::matmul;
 
 /// Shape of one attention call: `n` samples of `len` tokens, `heads` heads of width `head_dim`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,55 +48,6 @@ impl AttentionShape {
     /// Elements of the probabilities: `N·H·L·L`.
     pub fn probs_len(&self) -> usize {
         self.n * self.heads * self.len * self.len
-    }
-}
-
-/// `dst (m×n, strides rs/cs) = [dst +] lhs (m×k) · rhs (k×n)`, each operand given by a pointer
-/// offset into its slice and (row, column) strides. The offsets and strides are checked to stay
-/// inside the slices before the unchecked kernel runs.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    (dst_off, dst_rs, dst_cs): (usize, usize, usize),
-    accumulate: bool,
-    lhs: &[f32],
-    (lhs_off, lhs_rs, lhs_cs): (usize, usize, usize),
-    rhs: &[f32],
-    (rhs_off, rhs_rs, rhs_cs): (usize, usize, usize),
-    scale: f32,
-) {
-    let last = |off: usize, rs: usize, cs: usize, rows: usize, cols: usize| {
-        off + (rows - 1) * rs + (cols - 1) * cs
-    };
-    assert!(last(dst_off, dst_rs, dst_cs, m, n) < dst.len());
-    assert!(last(lhs_off, lhs_rs, lhs_cs, m, k) < lhs.len());
-    assert!(last(rhs_off, rhs_rs, rhs_cs, k, n) < rhs.len());
-    // SAFETY: every element the kernel touches, `off + i·rs + j·cs` for i, j inside the
-    // operand's shape, is at most the last index asserted above; `dst` is borrowed mutably and
-    // cannot alias `lhs` or `rhs`.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr().add(dst_off),
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr().add(lhs_off),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr().add(rhs_off),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
     }
 }
 

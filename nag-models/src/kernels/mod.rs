@@ -16,6 +16,8 @@
 
 pub mod attention;
 pub mod gelu;
+pub mod linear;
+pub mod matmul;
 pub mod ndarray;
 
 use burn::nn::Linear;
@@ -95,9 +97,18 @@ pub fn gelu_tanh_plain<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B,
 /// gradient materialises the N per-sample products `x_nᵀ·g_n` before summing them; flattened,
 /// the forward is one product with m = N·T and the weight gradient one product `xᵀ·g`. Same
 /// result up to summation order, on every backend.
+///
+/// On burn-ndarray f32 the product is [`linear::forward`] (bias written first, the product
+/// accumulated onto it) with its own backward; elsewhere burn's `Linear::forward`.
 pub fn linear_tokens<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [n, t, d] = x.dims();
-    let y = linear.forward(x.reshape([n * t, d]));
+    let x = x.reshape([n * t, d]);
+    let weight = linear.weight.val();
+    let bias = linear.bias.as_ref().map(|b| b.val());
+    let y = match ndarray::linear(x, weight, bias) {
+        Ok(y) => y,
+        Err((x, _, _)) => linear.forward(x),
+    };
     let out = y.dims()[1];
     y.reshape([n, t, out])
 }
@@ -198,5 +209,52 @@ mod tests {
         let (want_out, want_grad) = value_and_grad(&x, gelu_tanh_plain);
         assert!(max_rel(out, want_out) < 1e-6);
         assert!(max_rel(grad, want_grad) < 1e-5);
+    }
+
+    #[test]
+    fn linear_kernel_matches_plain_ops() {
+        use burn::nn::LinearConfig;
+        let x = Tensor::<Cpu, 3>::random([2, 5, 6], Distribution::Default, &Default::default());
+        for bias in [true, false] {
+            let layer = LinearConfig::new(6, 4)
+                .with_bias(bias)
+                .init::<Cpu>(&Default::default());
+            let fused = linear_tokens(&layer, x.clone());
+            assert!(max_rel(fused.into_data(), layer.forward(x.clone()).into_data()) < 1e-6);
+
+            // Under autodiff: the input's and every parameter's gradient.
+            let layer = LinearConfig::new(6, 4)
+                .with_bias(bias)
+                .init::<CpuAutodiff>(&Default::default());
+            let xa = Tensor::<CpuAutodiff, 3>::from_data(x.to_data(), &Default::default())
+                .require_grad();
+            let grads_of = |fused: bool| {
+                let out = if fused {
+                    linear_tokens(&layer, xa.clone())
+                } else {
+                    layer.forward(xa.clone())
+                };
+                let w: Vec<f32> = (0..40).map(|i| (i as f32 * 0.7).sin()).collect();
+                let w = Tensor::<CpuAutodiff, 3>::from_data(
+                    TensorData::new(w, [2, 5, 4]),
+                    &Default::default(),
+                );
+                let grads = (out * w).sum().backward();
+                let mut all = vec![
+                    xa.grad(&grads).unwrap().into_data(),
+                    layer.weight.val().grad(&grads).unwrap().into_data(),
+                ];
+                all.extend(
+                    layer
+                        .bias
+                        .as_ref()
+                        .map(|b| b.val().grad(&grads).unwrap().into_data()),
+                );
+                all
+            };
+            for (got, want) in grads_of(true).into_iter().zip(grads_of(false)) {
+                assert!(max_rel(got, want) < 1e-6);
+            }
+        }
     }
 }

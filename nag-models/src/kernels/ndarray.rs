@@ -9,16 +9,16 @@ use core::any::{Any, TypeId};
 use std::sync::Arc;
 
 use burn::tensor::backend::{Backend, BackendTypes};
-use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorMetadata, TensorPrimitive};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_autodiff::Autodiff;
+use burn_autodiff::{Autodiff, NodeId};
 use burn_ndarray::{NdArray, NdArrayTensor};
 
 use super::attention::{self, AttentionShape};
-use super::{attention_scale, gelu};
+use super::{attention_scale, gelu, linear};
 
 /// The CPU backend the kernels serve (burn-ndarray, f32).
 pub(crate) type Cpu = NdArray<f32>;
@@ -37,45 +37,42 @@ fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
     }
 }
 
-fn is_f32(tensor: &NdArrayTensor) -> bool {
-    matches!(tensor, NdArrayTensor::F32(_))
+/// Which kernel path a call takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// burn-ndarray, f32.
+    Cpu,
+    /// burn's default autodiff over burn-ndarray, f32.
+    CpuAutodiff,
 }
 
-/// `tensor` as burn-ndarray's f32 tensor, if `B` is burn-ndarray and the dtype f32.
-fn into_cpu<B: Backend, const D: usize>(
-    tensor: Tensor<B, D>,
-) -> Result<NdArrayTensor, Tensor<B, D>> {
-    if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<NdArrayTensor>() {
-        return Err(tensor);
-    }
-    let primitive = tensor.into_primitive().tensor();
-    match cast::<_, NdArrayTensor>(primitive) {
-        Ok(t) if is_f32(&t) => Ok(t),
-        Ok(t) => Err(from_primitive(t)),
-        Err(p) => Err(Tensor::from_primitive(TensorPrimitive::Float(p))),
+/// The path for backend `B` and tensors of `dtypes`, or `None` (plain ops).
+fn path<B: Backend>(dtypes: &[DType]) -> Option<Path> {
+    if dtypes.iter().any(|d| *d != DType::F32) {
+        None
+    } else if TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<NdArrayTensor>() {
+        Some(Path::Cpu)
+    } else if TypeId::of::<B>() == TypeId::of::<CpuAutodiff>() {
+        Some(Path::CpuAutodiff)
+    } else {
+        None
     }
 }
 
-/// `tensor` as burn-autodiff's tensor over burn-ndarray f32, if `B` is that backend.
-fn into_autodiff<B: Backend, const D: usize>(
-    tensor: Tensor<B, D>,
-) -> Result<AutodiffTensor, Tensor<B, D>> {
-    if TypeId::of::<B>() != TypeId::of::<CpuAutodiff>() {
-        return Err(tensor);
-    }
-    let primitive = tensor.into_primitive().tensor();
-    match cast::<_, AutodiffTensor>(primitive) {
-        Ok(t) if is_f32(&t.primitive) => Ok(t),
-        Ok(t) => Err(from_primitive(t)),
-        Err(p) => Err(Tensor::from_primitive(TensorPrimitive::Float(p))),
+/// `tensor`'s primitive as a `P` (its type checked by [`path`]).
+fn primitive<B: Backend, const D: usize, P: 'static>(tensor: Tensor<B, D>) -> P {
+    match cast(tensor.into_primitive().tensor()) {
+        Ok(p) => p,
+        Err(_) => unreachable!("the primitive's type was checked"),
     }
 }
 
 /// A primitive of `B` (type already checked) back into a tensor.
 fn from_primitive<B: Backend, const D: usize, P: 'static>(primitive: P) -> Tensor<B, D> {
-    let primitive = cast::<P, B::FloatTensorPrimitive>(primitive)
-        .ok()
-        .expect("the primitive is B's: its type was checked");
+    let primitive = match cast::<P, B::FloatTensorPrimitive>(primitive) {
+        Ok(p) => p,
+        Err(_) => unreachable!("the primitive is B's: its type was checked"),
+    };
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
@@ -110,20 +107,20 @@ pub(crate) fn attention<B: Backend>(
     qkv: Tensor<B, 3>,
     shape: AttentionShape,
 ) -> Result<Tensor<B, 3>, Tensor<B, 3>> {
+    let Some(path) = path::<B>(&[qkv.dtype()]) else {
+        return Err(qkv);
+    };
     let scale = attention_scale(shape.head_dim);
     let out_dims = [shape.n, shape.len, shape.width()];
-    let qkv = match into_cpu(qkv) {
-        Ok(qkv) => {
-            let mut out = vec![0.0f32; shape.out_len()];
-            with_f32(&qkv, |v| {
-                attention::forward(shape, scale, v, &mut out, None)
-            });
-            return Ok(from_primitive(ndarray_tensor(out, &out_dims)));
-        }
-        Err(qkv) => qkv,
-    };
-    let qkv = into_autodiff(qkv)?;
     let mut out = vec![0.0f32; shape.out_len()];
+    if path == Path::Cpu {
+        let qkv: NdArrayTensor = primitive(qkv);
+        with_f32(&qkv, |v| {
+            attention::forward(shape, scale, v, &mut out, None)
+        });
+        return Ok(from_primitive(ndarray_tensor(out, &out_dims)));
+    }
+    let qkv: AutodiffTensor = primitive(qkv);
     let out = match AttentionBackward
         .prepare::<NoCheckpointing>([qkv.node.clone()])
         .compute_bound()
@@ -184,14 +181,15 @@ impl Backward<Cpu, 1> for AttentionBackward {
 pub(crate) fn gelu_tanh<B: Backend, const D: usize>(
     x: Tensor<B, D>,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    let x = match into_cpu(x) {
-        Ok(x) => {
-            let y = with_f32(&x, gelu::forward);
-            return Ok(from_primitive(ndarray_tensor(y, &dims(&x))));
-        }
-        Err(x) => x,
+    let Some(path) = path::<B>(&[x.dtype()]) else {
+        return Err(x);
     };
-    let x = into_autodiff(x)?;
+    if path == Path::Cpu {
+        let x: NdArrayTensor = primitive(x);
+        let y = with_f32(&x, gelu::forward);
+        return Ok(from_primitive(ndarray_tensor(y, &dims(&x))));
+    }
+    let x: AutodiffTensor = primitive(x);
     let y = with_f32(&x.primitive, gelu::forward);
     let y = ndarray_tensor(y, &dims(&x.primitive));
     let out = match GeluBackward
@@ -219,5 +217,114 @@ impl Backward<Cpu, 1> for GeluBackward {
         let x = ops.state;
         let grad_x = with_f32(&x, |x| with_f32(&grad, |g| gelu::backward(x, g)));
         grads.register::<Cpu>(parent.id, ndarray_tensor(grad_x, &dims(&x)));
+    }
+}
+
+/// `y = x·W + b` for `x: [m, k]`, `W: [k, n]` on burn-ndarray f32, plain or under autodiff;
+/// the inputs back (`Err`) elsewhere.
+#[allow(clippy::type_complexity)]
+pub(crate) fn linear<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>)> {
+    let mut dtypes = vec![x.dtype(), weight.dtype()];
+    dtypes.extend(bias.as_ref().map(|b| b.dtype()));
+    let Some(path) = path::<B>(&dtypes) else {
+        return Err((x, weight, bias));
+    };
+    let [m, k] = x.dims();
+    let n = weight.dims()[1];
+    let mkn = (m, k, n);
+    let forward = |x: &NdArrayTensor, w: &NdArrayTensor, b: Option<&NdArrayTensor>| {
+        let y = with_f32(x, |x| {
+            with_f32(w, |w| match b {
+                Some(b) => with_f32(b, |b| linear::forward(mkn, x, w, Some(b))),
+                None => linear::forward(mkn, x, w, None),
+            })
+        });
+        ndarray_tensor(y, &[m, n])
+    };
+    if path == Path::Cpu {
+        let (x, w): (NdArrayTensor, NdArrayTensor) = (primitive(x), primitive(weight));
+        let b: Option<NdArrayTensor> = bias.map(primitive);
+        return Ok(from_primitive(forward(&x, &w, b.as_ref())));
+    }
+    let (x, w): (AutodiffTensor, AutodiffTensor) = (primitive(x), primitive(weight));
+    let b: Option<AutodiffTensor> = bias.map(primitive);
+    let y = forward(&x.primitive, &w.primitive, b.as_ref().map(|b| &b.primitive));
+    let out = match b {
+        Some(b) => match LinearBackward
+            .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((mkn, x.primitive, w.primitive), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
+        None => match LinearNoBiasBackward
+            .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((mkn, x.primitive, w.primitive), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
+    };
+    Ok(from_primitive(out))
+}
+
+/// What the linear backward keeps: `(m, k, n)`, the input and the weight.
+type LinearSaved = ((usize, usize, usize), NdArrayTensor, NdArrayTensor);
+
+/// Registers `dx`, `dW` (and `db`) from the output gradient `grad` for the parents that are
+/// tracked (`x`, `W`, `b`).
+fn linear_backward(
+    [x_id, w_id, b_id]: [Option<NodeId>; 3],
+    grad: NdArrayTensor,
+    (mkn, x, w): LinearSaved,
+    grads: &mut Gradients,
+) {
+    let (m, k, n) = mkn;
+    with_f32(&grad, |dy| {
+        if let Some(id) = x_id {
+            let dx = with_f32(&w, |w| linear::backward_x(mkn, w, dy));
+            grads.register::<Cpu>(id, ndarray_tensor(dx, &[m, k]));
+        }
+        if let Some(id) = w_id {
+            let dw = with_f32(&x, |x| linear::backward_w(mkn, x, dy));
+            grads.register::<Cpu>(id, ndarray_tensor(dw, &[k, n]));
+        }
+        if let Some(id) = b_id {
+            grads.register::<Cpu>(id, ndarray_tensor(linear::backward_b(n, dy), &[n]));
+        }
+    });
+}
+
+/// The autodiff step of [`linear`] with a bias.
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Cpu, 3> for LinearBackward {
+    type State = LinearSaved;
+
+    fn backward(self, ops: Ops<LinearSaved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Cpu>(&ops.node);
+        let ids = ops.parents.map(|p| p.map(|p| p.id));
+        linear_backward(ids, grad, ops.state, grads);
+    }
+}
+
+/// The autodiff step of [`linear`] without a bias.
+#[derive(Debug)]
+struct LinearNoBiasBackward;
+
+impl Backward<Cpu, 2> for LinearNoBiasBackward {
+    type State = LinearSaved;
+
+    fn backward(self, ops: Ops<LinearSaved, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Cpu>(&ops.node);
+        let [x, w] = ops.parents.map(|p| p.map(|p| p.id));
+        linear_backward([x, w, None], grad, ops.state, grads);
     }
 }
