@@ -699,20 +699,23 @@ pub fn timestep_embedding<B: Backend>(t: Tensor<B, 1>, dim: usize) -> Tensor<B, 
 }
 
 /// LayerNorm over the last dim without affine parameters: `(x − μ) / √(σ² + 1e-6)` with the
-/// biased variance.
+/// biased variance ([`kernels::layer_norm`] at [`LAYER_NORM_EPS`]).
 pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let (var, mean) = x.clone().var_mean_bias(D - 1);
-    (x - mean) / (var + LAYER_NORM_EPS).sqrt()
+    kernels::layer_norm(x, LAYER_NORM_EPS)
 }
 
 /// adaLN modulation `x·(1 + scale) + shift`, with `x: [N, T, D]` and per-sample
 /// `shift, scale: [N, D]`.
-pub fn modulate<B: Backend>(
+pub use crate::kernels::modulate;
+
+/// `modulate(layer_norm(x), shift, scale)`, fused on the CPU backend
+/// ([`kernels::layer_norm_modulate`]).
+fn norm_modulate<B: Backend>(
     x: Tensor<B, 3>,
     shift: Tensor<B, 2>,
     scale: Tensor<B, 2>,
 ) -> Tensor<B, 3> {
-    x * (scale.unsqueeze_dim::<3>(1) + 1.0) + shift.unsqueeze_dim(1)
+    kernels::layer_norm_modulate(x, shift, scale, LAYER_NORM_EPS)
 }
 
 /// Splits `[N, K·D]` into `K` chunks `[N, D]` along dim 1 (PyTorch's `chunk(K, dim=1)`).
@@ -1147,11 +1150,11 @@ impl<B: Backend> DitBlock<B> {
             chunks::<B, 6>(self.ada_ln_modulation.forward(silu(c)));
         let h = self
             .attn
-            .forward(modulate(layer_norm(x.clone()), shift_msa, scale_msa));
+            .forward(norm_modulate(x.clone(), shift_msa, scale_msa));
         let x = x + gate_msa.unsqueeze_dim(1) * h;
         let h = self
             .mlp
-            .forward(modulate(layer_norm(x.clone()), shift_mlp, scale_mlp));
+            .forward(norm_modulate(x.clone(), shift_mlp, scale_mlp));
         x + gate_mlp.unsqueeze_dim(1) * h
     }
 
@@ -1207,7 +1210,7 @@ impl<B: Backend> FinalLayer<B> {
     /// `x: [N, T, D]`, `c: [N, D]` → `[N, T, p²·C_out]`.
     pub fn forward(&self, x: Tensor<B, 3>, c: Tensor<B, 2>) -> Tensor<B, 3> {
         let [shift, scale] = chunks::<B, 2>(self.ada_ln_modulation.forward(silu(c)));
-        kernels::linear_tokens(&self.linear, modulate(layer_norm(x), shift, scale))
+        kernels::linear_tokens(&self.linear, norm_modulate(x, shift, scale))
     }
 }
 

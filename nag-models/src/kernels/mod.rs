@@ -12,10 +12,12 @@
 //! - [`attention_qkv`]: multi-head self-attention from the fused `qkv` projection
 //!   ([`attention`]: the kernel and its backward).
 //! - [`gelu_tanh`]: GELU, tanh approximation ([`gelu`]).
+//! - [`layer_norm_modulate`]: LayerNorm (no affine) then adaLN modulation ([`layer_norm`]).
 //! - [`linear_tokens`]: a `Linear` on `[N, T, D]` tokens as one matrix product (plain ops).
 
 pub mod attention;
 pub mod gelu;
+pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
 pub mod ndarray;
@@ -92,6 +94,37 @@ pub fn gelu_tanh_plain<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B,
         x.clone() * (x.clone().square() * (-0.044715 * TWO_SQRT_2_OVER_PI) - TWO_SQRT_2_OVER_PI);
     x * (minus_two_z.clamp_max(80.0).exp() + 1.0).recip()
 }
+/// LayerNorm over the last dim without affine parameters: `(x − μ) / √(σ² + ε)` with the
+/// biased variance (plain ops, every backend).
+pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
+    let (var, mean) = x.clone().var_mean_bias(D - 1);
+    (x - mean) / (var + eps).sqrt()
+}
+
+/// adaLN modulation `x·(1 + scale) + shift`, with `x: [N, T, D]` and per-sample
+/// `shift, scale: [N, D]` (plain ops, every backend).
+pub fn modulate<B: Backend>(
+    x: Tensor<B, 3>,
+    shift: Tensor<B, 2>,
+    scale: Tensor<B, 2>,
+) -> Tensor<B, 3> {
+    x * (scale.unsqueeze_dim::<3>(1) + 1.0) + shift.unsqueeze_dim(1)
+}
+
+/// `modulate(layer_norm(x, eps), shift, scale)`: on burn-ndarray f32 one pass per row each way
+/// ([`layer_norm`](mod@layer_norm)), elsewhere the plain ops above.
+pub fn layer_norm_modulate<B: Backend>(
+    x: Tensor<B, 3>,
+    shift: Tensor<B, 2>,
+    scale: Tensor<B, 2>,
+    eps: f64,
+) -> Tensor<B, 3> {
+    match ndarray::layer_norm_modulate(x, shift, scale, eps) {
+        Ok(y) => y,
+        Err((x, shift, scale)) => modulate(layer_norm(x, eps), shift, scale),
+    }
+}
+
 /// `linear(x)` for tokens `x: [N, T, D_in] → [N, T, D_out]`, computed on `[N·T, D_in]`: burn
 /// 0.21's linear on a 3-D input runs one matrix product per sample (m = T) and its weight
 /// gradient materialises the N per-sample products `x_nᵀ·g_n` before summing them; flattened,
@@ -255,6 +288,45 @@ mod tests {
             for (got, want) in grads_of(true).into_iter().zip(grads_of(false)) {
                 assert!(max_rel(got, want) < 1e-6);
             }
+        }
+    }
+
+    #[test]
+    fn layer_norm_modulate_kernel_matches_plain_ops() {
+        let device = Default::default();
+        let x = Tensor::<Cpu, 3>::random([2, 5, 6], Distribution::Normal(0.5, 2.0), &device);
+        let shift = Tensor::<Cpu, 2>::random([2, 6], Distribution::Default, &device);
+        let scale = Tensor::<Cpu, 2>::random([2, 6], Distribution::Default, &device);
+        let fused = layer_norm_modulate(x.clone(), shift.clone(), scale.clone(), 1e-6);
+        let plain = modulate(layer_norm(x.clone(), 1e-6), shift.clone(), scale.clone());
+        assert!(max_rel(fused.into_data(), plain.into_data()) < 1e-6);
+
+        type Ad = CpuAutodiff;
+        let lift2 =
+            |t: &Tensor<Cpu, 2>| Tensor::<Ad, 2>::from_data(t.to_data(), &device).require_grad();
+        let (xa, sh, sc) = (
+            Tensor::<Ad, 3>::from_data(x.to_data(), &device).require_grad(),
+            lift2(&shift),
+            lift2(&scale),
+        );
+        assert!(ndarray::layer_norm_modulate(xa.clone(), sh.clone(), sc.clone(), 1e-6).is_ok());
+        let grads_of = |fused: bool| {
+            let out = if fused {
+                layer_norm_modulate(xa.clone(), sh.clone(), sc.clone(), 1e-6)
+            } else {
+                modulate(layer_norm(xa.clone(), 1e-6), sh.clone(), sc.clone())
+            };
+            let w: Vec<f32> = (0..60).map(|i| (i as f32 * 0.7).sin()).collect();
+            let w = Tensor::<Ad, 3>::from_data(TensorData::new(w, [2, 5, 6]), &device);
+            let grads = (out * w).sum().backward();
+            [
+                xa.grad(&grads).unwrap().into_data(),
+                sh.grad(&grads).unwrap().into_data(),
+                sc.grad(&grads).unwrap().into_data(),
+            ]
+        };
+        for (got, want) in grads_of(true).into_iter().zip(grads_of(false)) {
+            assert!(max_rel(got, want) < 1e-5);
         }
     }
 }

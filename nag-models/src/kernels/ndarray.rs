@@ -18,6 +18,7 @@ use burn_autodiff::{Autodiff, NodeId};
 use burn_ndarray::{NdArray, NdArrayTensor};
 
 use super::attention::{self, AttentionShape};
+use super::layer_norm::{self, Normalized, RowsShape};
 use super::{attention_scale, gelu, linear};
 
 /// The CPU backend the kernels serve (burn-ndarray, f32).
@@ -326,5 +327,92 @@ impl Backward<Cpu, 2> for LinearNoBiasBackward {
         let grad = grads.consume::<Cpu>(&ops.node);
         let [x, w] = ops.parents.map(|p| p.map(|p| p.id));
         linear_backward([x, w, None], grad, ops.state, grads);
+    }
+}
+
+/// [`super::layer_norm_modulate`] on burn-ndarray f32, plain or under autodiff; the inputs back
+/// (`Err`) elsewhere.
+#[allow(clippy::type_complexity)]
+pub(crate) fn layer_norm_modulate<B: Backend>(
+    x: Tensor<B, 3>,
+    shift: Tensor<B, 2>,
+    scale: Tensor<B, 2>,
+    eps: f64,
+) -> Result<Tensor<B, 3>, (Tensor<B, 3>, Tensor<B, 2>, Tensor<B, 2>)> {
+    let Some(path) = path::<B>(&[x.dtype(), shift.dtype(), scale.dtype()]) else {
+        return Err((x, shift, scale));
+    };
+    let [n, tokens, width] = x.dims();
+    let shape = RowsShape { n, tokens, width };
+    let eps = eps as f32;
+    let run = |x: &NdArrayTensor, shift: &NdArrayTensor, scale: &NdArrayTensor, keep: bool| {
+        with_f32(x, |x| {
+            with_f32(shift, |sh| {
+                with_f32(scale, |sc| layer_norm::forward(shape, eps, x, sh, sc, keep))
+            })
+        })
+    };
+    if path == Path::Cpu {
+        let (x, shift, scale): (NdArrayTensor, NdArrayTensor, NdArrayTensor) =
+            (primitive(x), primitive(shift), primitive(scale));
+        let (y, _) = run(&x, &shift, &scale, false);
+        return Ok(from_primitive(ndarray_tensor(y, &[n, tokens, width])));
+    }
+    let (x, shift, scale): (AutodiffTensor, AutodiffTensor, AutodiffTensor) =
+        (primitive(x), primitive(shift), primitive(scale));
+    let out = match LayerNormModulateBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), shift.node.clone(), scale.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (y, kept) = run(&x.primitive, &shift.primitive, &scale.primitive, true);
+            let saved = LayerNormSaved {
+                shape,
+                kept: Arc::new(kept.expect("kept on request")),
+                scale: scale.primitive.clone(),
+            };
+            prep.finish(saved, ndarray_tensor(y, &[n, tokens, width]))
+        }
+        OpsKind::UnTracked(prep) => {
+            let (y, _) = run(&x.primitive, &shift.primitive, &scale.primitive, false);
+            prep.finish(ndarray_tensor(y, &[n, tokens, width]))
+        }
+    };
+    Ok(from_primitive(out))
+}
+
+/// What the LayerNorm + modulate backward keeps.
+#[derive(Debug, Clone)]
+struct LayerNormSaved {
+    shape: RowsShape,
+    kept: Arc<Normalized>,
+    scale: NdArrayTensor,
+}
+
+/// The autodiff step of [`layer_norm::backward`].
+#[derive(Debug)]
+struct LayerNormModulateBackward;
+
+impl Backward<Cpu, 3> for LayerNormModulateBackward {
+    type State = LayerNormSaved;
+
+    fn backward(self, ops: Ops<LayerNormSaved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Cpu>(&ops.node);
+        let [x_id, shift_id, scale_id] = ops.parents.map(|p| p.map(|p| p.id));
+        let LayerNormSaved { shape, kept, scale } = ops.state;
+        let (dx, dshift, dscale) = with_f32(&scale, |sc| {
+            with_f32(&grad, |g| layer_norm::backward(shape, &kept, sc, g))
+        });
+        let RowsShape { n, tokens, width } = shape;
+        for (id, values, dims) in [
+            (x_id, dx, vec![n, tokens, width]),
+            (shift_id, dshift, vec![n, width]),
+            (scale_id, dscale, vec![n, width]),
+        ] {
+            if let Some(id) = id {
+                grads.register::<Cpu>(id, ndarray_tensor(values, &dims));
+            }
+        }
     }
 }
