@@ -16,6 +16,7 @@
 //! - [`linear_tokens`]: a `Linear` on `[N, T, D]` tokens as one matrix product (plain ops).
 
 pub mod attention;
+pub mod exp;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
