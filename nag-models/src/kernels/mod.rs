@@ -132,19 +132,21 @@ pub fn layer_norm_modulate<B: Backend>(
 /// the forward is one product with m = N·T and the weight gradient one product `xᵀ·g`. Same
 /// result up to summation order, on every backend.
 ///
-/// On burn-ndarray f32 the product is [`linear::forward`] (bias written first, the product
-/// accumulated onto it) with its own backward; elsewhere burn's `Linear::forward`.
+/// On burn-ndarray f32 the product is [`linear::forward`] on the tokens in place (bias written
+/// first, the product accumulated onto it) with its own backward; elsewhere burn's
+/// `Linear::forward` on the flattened tokens.
 pub fn linear_tokens<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [n, t, d] = x.dims();
-    let x = x.reshape([n * t, d]);
     let weight = linear.weight.val();
     let bias = linear.bias.as_ref().map(|b| b.val());
-    let y = match ndarray::linear(x, weight, bias) {
+    match ndarray::linear(x, weight, bias) {
         Ok(y) => y,
-        Err((x, _, _)) => linear.forward(x),
-    };
-    let out = y.dims()[1];
-    y.reshape([n, t, out])
+        Err((x, _, _)) => {
+            let [n, t, d] = x.dims();
+            let y = linear.forward(x.reshape([n * t, d]));
+            let out = y.dims()[1];
+            y.reshape([n, t, out])
+        }
+    }
 }
 
 #[cfg(test)]

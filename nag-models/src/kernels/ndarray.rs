@@ -221,22 +221,27 @@ impl Backward<Cpu, 1> for GeluBackward {
     }
 }
 
-/// `y = x·W + b` for `x: [m, k]`, `W: [k, n]` on burn-ndarray f32, plain or under autodiff;
-/// the inputs back (`Err`) elsewhere.
+/// `y = x·W + b` for `x: [.., k]` (the leading dims taken as `m` rows, read in place: burn-ndarray
+/// 0.21 copies on every reshape), `W: [k, n]` → `[.., n]`, on burn-ndarray f32, plain or under
+/// autodiff; the inputs back (`Err`) elsewhere.
 #[allow(clippy::type_complexity)]
-pub(crate) fn linear<B: Backend>(
-    x: Tensor<B, 2>,
+pub(crate) fn linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
-) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>)> {
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, 2>, Option<Tensor<B, 1>>)> {
     let mut dtypes = vec![x.dtype(), weight.dtype()];
     dtypes.extend(bias.as_ref().map(|b| b.dtype()));
     let Some(path) = path::<B>(&dtypes) else {
         return Err((x, weight, bias));
     };
-    let [m, k] = x.dims();
+    let x_dims = x.dims();
+    let k = x_dims[D - 1];
+    let m = x_dims[..D - 1].iter().product();
     let n = weight.dims()[1];
     let mkn = (m, k, n);
+    let mut out_dims = x_dims;
+    out_dims[D - 1] = n;
     let forward = |x: &NdArrayTensor, w: &NdArrayTensor, b: Option<&NdArrayTensor>| {
         let y = with_f32(x, |x| {
             with_f32(w, |w| match b {
@@ -244,7 +249,7 @@ pub(crate) fn linear<B: Backend>(
                 None => linear::forward(mkn, x, w, None),
             })
         });
-        ndarray_tensor(y, &[m, n])
+        ndarray_tensor(y, &out_dims)
     };
     if path == Path::Cpu {
         let (x, w): (NdArrayTensor, NdArrayTensor) = (primitive(x), primitive(weight));
@@ -286,11 +291,11 @@ fn linear_backward(
     (mkn, x, w): LinearSaved,
     grads: &mut Gradients,
 ) {
-    let (m, k, n) = mkn;
+    let (_, k, n) = mkn;
     with_f32(&grad, |dy| {
         if let Some(id) = x_id {
             let dx = with_f32(&w, |w| linear::backward_x(mkn, w, dy));
-            grads.register::<Cpu>(id, ndarray_tensor(dx, &[m, k]));
+            grads.register::<Cpu>(id, ndarray_tensor(dx, &dims(&x)));
         }
         if let Some(id) = w_id {
             let dw = with_f32(&x, |x| linear::backward_w(mkn, x, dy));
