@@ -149,6 +149,20 @@ pub fn linear_tokens<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<
     }
 }
 
+/// Deterministic test inputs shared by the kernels' tests.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u64, spread: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * spread
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::ndarray::{Cpu, CpuAutodiff};
