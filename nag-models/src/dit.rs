@@ -1050,7 +1050,8 @@ impl<B: Backend> LabelEmbedder<B> {
 
 /// Multi-head self-attention: `qkv = Linear(D, 3D)` with features `[q | k | v]`, heads
 /// contiguous inside each; `softmax(q·kᵀ·hd^−½)·v` per head ([`kernels::attention_qkv`]: a
-/// fused kernel on the CPU backend, burn's `attention` op elsewhere); `proj = Linear(D, D)`. Keys: `attn.qkv.*`, `attn.proj.*`.
+/// fused kernel on the CPU backend, burn's `attention` op elsewhere); `proj = Linear(D, D)`.
+/// Keys: `attn.qkv.*`, `attn.proj.*`.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// `Linear(D, 3D)`.
