@@ -26,6 +26,7 @@ pub struct DataArgs {
 
 /// Writes a grid of the first `n` items and prints the dataset's shape and classes.
 pub fn run(args: &DataArgs) -> Result<()> {
+    crate::check_output_file(&args.out, "--out", "png")?;
     let options = DataOptions {
         seed: args.seed,
         ..DataOptions::default()

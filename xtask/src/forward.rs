@@ -223,6 +223,7 @@ impl BackendTask for Task<'_> {
 /// Runs `cargo xtask forward` on the device named by `--device`.
 pub fn run(args: &ForwardArgs) -> Result<()> {
     let spec = DeviceSpec::parse(&args.device)?;
+    crate::check_output_file(&args.output, "--output", "npy")?;
     dispatch(spec, Task { args })?
 }
 

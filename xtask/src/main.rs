@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod allocator;
 mod bench;
+mod config_file;
 mod data;
 mod estimator;
 mod eval;
@@ -28,67 +29,23 @@ mod vae;
 
 /// Noise Awareness Guidance for DiT/SiT diffusion models.
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", version, about, args_override_self = true)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    version,
+    about,
+    args_override_self = true
+)]
 struct Cli {
     /// TOML file of options for the subcommand (keys are the option names, e.g. `steps = 500`,
     /// `noise-dropout = 0.2` or `noise_dropout = 0.2`); options written after it win.
     #[arg(long, global = true, value_name = "FILE.toml")]
     config: Option<std::path::PathBuf>,
+    /// No progress bars (they are also off when stderr is not a terminal).
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Expands `--config FILE` into the flags it holds, in its place on the command line.
-fn expand_config(args: Vec<String>) -> anyhow::Result<Vec<String>> {
-    use anyhow::Context;
-    let Some(i) = args
-        .iter()
-        .position(|a| a == "--config" || a.starts_with("--config="))
-    else {
-        return Ok(args);
-    };
-    let (path, skip) = match args[i].strip_prefix("--config=") {
-        Some(p) => (p.to_string(), 1),
-        None => (
-            args.get(i + 1)
-                .cloned()
-                .context("--config needs a file path")?,
-            2,
-        ),
-    };
-    // A config is a handful of flags: refuse anything over 1 MiB before reading it. (Deep nesting
-    // is refused by the TOML parser's own recursion limit, as a parse error naming the file.)
-    const MAX_CONFIG_BYTES: u64 = 1 << 20;
-    let size = std::fs::metadata(&path)
-        .with_context(|| format!("reading --config {path}"))?
-        .len();
-    if size > MAX_CONFIG_BYTES {
-        anyhow::bail!(
-            "--config {path}: {size} bytes is over the limit of {MAX_CONFIG_BYTES} bytes"
-        );
-    }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading --config {path}"))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {path} as TOML"))?;
-    let mut flags = Vec::new();
-    for (key, value) in table {
-        let flag = format!("--{}", key.replace('_', "-"));
-        match value {
-            toml::Value::Boolean(true) => flags.push(flag),
-            toml::Value::Boolean(false) => {}
-            toml::Value::String(v) => flags.extend([flag, v]),
-            toml::Value::Integer(v) => flags.extend([flag, v.to_string()]),
-            toml::Value::Float(v) => flags.extend([flag, v.to_string()]),
-            other => anyhow::bail!("{path}: option '{key}' has an unsupported value {other}"),
-        }
-    }
-    // The file's flags take the place of `--config FILE`: flags written after it win, and it
-    // works at any depth of subcommands (`estimator train --config f.toml`).
-    let mut out: Vec<String> = args[..i].to_vec();
-    out.extend(flags);
-    out.extend(args[i + skip..].iter().cloned());
-    Ok(out)
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,17 +107,72 @@ pub(crate) fn check_output_dir(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The whole command line: negative numbers are values everywhere (`--steps -5` is a bad
+/// value of `--steps`, not an unknown flag `-5`).
+pub(crate) fn cli_command() -> clap::Command {
+    fn allow_negative(cmd: clap::Command) -> clap::Command {
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        let mut cmd = cmd.allow_negative_numbers(true);
+        for name in names {
+            cmd = cmd.mut_subcommand(name, allow_negative);
+        }
+        cmd
+    }
+    allow_negative(Cli::command())
+}
+
+/// Parses the process's arguments, a `--config` file's options in its place.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    let cmd = cli_command();
+    let fail = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::from(2)
+    };
+    let expanded = config_file::expand(std::env::args().collect(), &cmd)
+        .map_err(|e| fail(format!("{e:#}")))?;
+    let matches = match expanded.parse(cmd) {
+        Ok(m) => m,
+        Err(config_file::ParseError::Clap(e)) => e.exit(),
+        Err(config_file::ParseError::Config(msg)) => return Err(fail(msg)),
+    };
+    Cli::from_arg_matches(&matches).map_err(|e| e.exit())
+}
+
+/// Fails early (before any work) when `path` cannot take the output of `flag`: a folder, a
+/// file name without the extension `ext` (the format written), or a missing parent folder.
+pub(crate) fn check_output_file(
+    path: &std::path::Path,
+    flag: &str,
+    ext: &str,
+) -> anyhow::Result<()> {
+    if path.is_dir() {
+        anyhow::bail!(
+            "{flag} {}: is a folder; give a file name ending in .{ext}",
+            path.display()
+        );
+    }
+    let given = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !given.eq_ignore_ascii_case(ext) {
+        anyhow::bail!(
+            "{flag} {}: writes {} only; give a file name ending in .{ext}",
+            path.display(),
+            ext.to_ascii_uppercase()
+        );
+    }
+    check_output_dir(path)
+}
+
 fn main() -> ExitCode {
     allocator::tune_for_tensors();
     signals::ignore_file_size_signal();
-    let args = match expand_config(std::env::args().collect()) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
     };
-    let cli = Cli::parse_from(args);
+    progress::set_quiet(cli.quiet);
     let result = match &cli.command {
         Command::Shift(args) => shift::run(args),
         Command::Train(args) => train::run(args),
@@ -185,50 +197,5 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::expand_config;
-
-    /// Hostile `--config` files are errors naming the file: too large, or nested 100k deep
-    /// (no stack overflow).
-    #[test]
-    fn hostile_config_files_are_clear_errors() {
-        let dir = std::env::temp_dir().join(format!("nag-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cases = [
-            (
-                "deep.toml",
-                format!("a = {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
-            ),
-            ("big.toml", "# padding\n".repeat(200_000)),
-            ("good.toml", "steps = 5\n".to_string()),
-        ];
-        for (name, text) in cases {
-            let path = dir.join(name);
-            std::fs::write(&path, text).unwrap();
-            let args = vec![
-                "xtask".into(),
-                "train".into(),
-                "--config".into(),
-                path.display().to_string(),
-            ];
-            match expand_config(args) {
-                Ok(a) => {
-                    assert_eq!(name, "good.toml");
-                    assert!(
-                        a.iter().any(|x| x == "--steps") && a.iter().any(|x| x == "5"),
-                        "{a:?}"
-                    );
-                }
-                Err(e) => {
-                    assert_ne!(name, "good.toml", "{e:#}");
-                    assert!(format!("{e:#}").contains(name), "{e:#}");
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,10 +1,20 @@
 //! Progress bars for long work (indicatif), fed by the libraries' progress callbacks.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// A bar over `total` items with their rate; hidden when stderr is not a terminal.
+/// `--quiet`: no bars at all.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Turns every bar off (`--quiet`).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// A bar over `total` items with their rate; hidden when stderr is not a terminal or with
+/// `--quiet`.
 pub struct Progress {
     bar: ProgressBar,
 }
@@ -12,7 +22,13 @@ pub struct Progress {
 impl Progress {
     /// A bar for `total` `unit`s (e.g. "images").
     pub fn new(total: u64, unit: &str) -> Self {
-        let bar = ProgressBar::new(total);
+        let target = if QUIET.load(Ordering::Relaxed) {
+            ProgressDrawTarget::hidden()
+        } else {
+            // (indicatif draws nothing when stderr is not a terminal.)
+            ProgressDrawTarget::stderr()
+        };
+        let bar = ProgressBar::with_draw_target(Some(total), target);
         let template =
             format!("{{bar:40}} {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}}) {{msg}}");
         bar.set_style(
@@ -26,6 +42,22 @@ impl Progress {
     /// Sets the number done.
     pub fn set(&self, done: u64) {
         self.bar.set_position(done);
+    }
+
+    /// Sets the number done as the starting point: rate and ETA count from here (a resumed
+    /// run, or work before the first report).
+    pub fn start_at(&self, done: u64) {
+        self.bar.set_position(done);
+        self.bar.reset_eta();
+    }
+
+    /// A line above the bar (a plain line when the bar is hidden).
+    pub fn println(&self, line: String) {
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
     }
 
     /// A short message after the counts.

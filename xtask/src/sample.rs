@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
+use clap::builder::ArgPredicate;
 use clap::Args;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_core::guidance::Guidance;
@@ -42,20 +43,33 @@ pub struct SampleArgs {
     /// Sampler: ddpm, ddim, sde or ode (default: ddpm for DiT, sde for SiT).
     #[arg(long)]
     pub sampler: Option<String>,
-    /// Sampling steps (default 250; ode: 0 = adaptive dopri5).
+    /// Sampling steps (ode: 0 = adaptive dopri5).
     #[arg(long, default_value_t = 250)]
     pub steps: usize,
     /// DDIM η.
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    /// CFG scale (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    /// CFG scale (1 = off; with --compare the default is 4).
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        default_value_if("compare", ArgPredicate::IsPresent, Some("4"))
+    )]
     pub cfg: f64,
-    /// NAG weight (0 = off).
-    #[arg(long, default_value_t = 0.0)]
+    /// NAG weight (0 = off; with --compare the default is 3).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        default_value_if("compare", ArgPredicate::IsPresent, Some("3"))
+    )]
     pub nag: f64,
-    /// Number of samples (per row with --compare; default 64, or one per class with --compare).
-    #[arg(long)]
+    /// Number of samples (per row with --compare, where the default is one per class, at
+    /// least 8).
+    #[arg(
+        long,
+        default_value = "64",
+        default_value_if("compare", ArgPredicate::IsPresent, None)
+    )]
     pub n: Option<usize>,
     /// Class of every sample (default: cycle through the classes).
     #[arg(long)]
@@ -63,7 +77,7 @@ pub struct SampleArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output PNG grid (default: <run>/samples.png or <run>/compare.png).
+    /// Output PNG grid, a .png file (default: <run>/samples.png or <run>/compare.png).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Write the samples for the ADM evaluator instead of a grid: an .npz with only `arr_0`,
@@ -87,8 +101,8 @@ pub struct SampleArgs {
     /// i.i.d. uniform labels as DiT's sample_ddp.py draws them.
     #[arg(long, conflicts_with = "class")]
     pub balanced_labels: bool,
-    /// One image with rows: no guidance, CFG, NAG, CFG+NAG (same seeds); uses --cfg (default
-    /// 4 when left at 1) and --nag (default 3 when left at 0).
+    /// One image with rows: no guidance, CFG, NAG, CFG+NAG (same seeds), with the --cfg and
+    /// --nag given (defaults 4 and 3 here).
     #[arg(long)]
     pub compare: bool,
     /// Path of an interpolant (SiT) model: linear, gvp or vp.
@@ -117,6 +131,12 @@ fn load<B: Backend>(args: &SampleArgs, device: &B::Device) -> Result<Dit<B>> {
 /// A network from a `train` run folder (its EMA weights) or a weights file (`--kind`,
 /// `--heads` apply).
 fn load_path<B: Backend>(path: &Path, args: &SampleArgs, device: &B::Device) -> Result<Dit<B>> {
+    if !path.exists() {
+        bail!(
+            "{}: no such file or folder (give a `cargo xtask train` run folder or a weights file)",
+            path.display()
+        );
+    }
     if path.is_dir() {
         let run = path;
         let path = run.join("ema.safetensors");
@@ -235,6 +255,11 @@ impl BackendTask for Task<'_> {
         if n > MAX_NPZ {
             bail!("--n {n}: at most {MAX_NPZ} samples per .npz (FID-50K needs 50000)");
         }
+        if let Some(y) = args.class {
+            if !(0..classes).contains(&y) {
+                bail!("--class {y} is outside 0..{classes} (the model's classes)");
+            }
+        }
         let labels: Vec<i64> = (0..n as i64)
             .map(|i| {
                 args.class
@@ -242,8 +267,7 @@ impl BackendTask for Task<'_> {
             })
             .collect();
         let rows: Vec<(&str, Guidance)> = if args.compare {
-            let s = if args.cfg == 1.0 { 4.0 } else { args.cfg };
-            let w = if args.nag == 0.0 { 3.0 } else { args.nag };
+            let (s, w) = (args.cfg, args.nag);
             let mut r = vec![("none", Guidance::none())];
             if classes > 0 {
                 r.push(("CFG", Guidance::cfg(s)));
@@ -414,9 +438,24 @@ fn identity(args: &SampleArgs) -> Result<serde_json::Value> {
 /// Runs `cargo xtask sample`.
 pub fn run(args: &SampleArgs) -> Result<()> {
     let spec = DeviceSpec::parse(&args.device)?;
+    for (flag, v) in [
+        ("--cfg", args.cfg),
+        ("--nag", args.nag),
+        ("--eta", args.eta),
+    ] {
+        if !v.is_finite() {
+            bail!("{flag} {v}: must be a finite number");
+        }
+    }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
     // Before any sampling: an output that cannot be written is known now.
-    for path in args.out.iter().chain(&args.npz) {
-        crate::check_output_dir(path)?;
+    if let Some(out) = &args.out {
+        crate::check_output_file(out, "--out", "png")?;
+    }
+    if let Some(npz) = &args.npz {
+        crate::check_output_file(npz, "--npz", "npz")?;
     }
     dispatch(spec, Task { args })?
 }

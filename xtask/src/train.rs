@@ -1,6 +1,5 @@
 //! `cargo xtask train`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,74 +13,80 @@ use nag_train::parallel::{Cluster, Replicas};
 use nag_train::run_dir::RunLock;
 use nag_train::train::{train_replicas, ObjectiveKind, TrainConfig, TrainEvent};
 
+use crate::progress::Progress;
+
 /// Arguments of `cargo xtask train`. Every option may also come from `--config FILE.toml`;
 /// flags given on the command line win.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Dataset: shapes, shapes32, shapes-scattered, gmm, or a path (image folder, latents,
     /// IDX).
-    #[arg(long)]
-    pub data: Option<String>,
-    /// Model preset: tiny, small, DiT-S/2, DiT-B/4, ..., SiT-XL/2.
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Objective: ddpm, linear, gvp or vp.
+    #[arg(long, default_value_t = default_config().data)]
+    pub data: String,
+    /// Model preset: tiny or small (CPU sizes, patch 2; tiny/4 for patch 4), SiT-tiny,
+    /// SiT-small, or {DiT,SiT}-{S,B,L,XL}/{2,4,8} (e.g. DiT-XL/2).
+    #[arg(long, default_value_t = default_config().model)]
+    pub model: String,
+    /// Objective: ddpm, linear, gvp or vp [default: ddpm].
     #[arg(long)]
     pub objective: Option<String>,
-    /// Interpolant prediction: velocity, noise or score.
+    /// What the network predicts, for the interpolant objectives (linear, gvp, vp) only:
+    /// velocity, noise or score [default: velocity]. (ddpm predicts ε, plus Σ unless
+    /// --no-learn-sigma.)
     #[arg(long)]
     pub prediction: Option<String>,
-    /// Interpolant loss weighting: none, velocity or likelihood.
+    /// Loss weighting, for the interpolant objectives (linear, gvp, vp) only: none, velocity or
+    /// likelihood [default: none].
     #[arg(long)]
     pub loss_weight: Option<String>,
     /// Optimiser steps.
-    #[arg(long)]
-    pub steps: Option<u64>,
+    #[arg(long, default_value_t = default_config().steps)]
+    pub steps: u64,
     /// Batch size.
-    #[arg(long)]
-    pub batch: Option<usize>,
+    #[arg(long, default_value_t = default_config().batch)]
+    pub batch: usize,
     /// Gradient accumulation (micro-batches per step; must divide --batch).
-    #[arg(long)]
-    pub grad_accum: Option<usize>,
+    #[arg(long, default_value_t = default_config().grad_accum)]
+    pub grad_accum: usize,
     /// AdamW learning rate.
-    #[arg(long)]
-    pub lr: Option<f64>,
+    #[arg(long, default_value_t = default_config().lr)]
+    pub lr: f64,
     /// AdamW weight decay.
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
+    #[arg(long, default_value_t = default_config().weight_decay)]
+    pub weight_decay: f64,
     /// Learning-rate warm-up steps.
-    #[arg(long)]
-    pub warmup: Option<u64>,
+    #[arg(long, default_value_t = default_config().warmup)]
+    pub warmup: u64,
     /// Clip the gradient norm.
     #[arg(long)]
     pub grad_clip: Option<f32>,
     /// EMA decay.
-    #[arg(long)]
-    pub ema_decay: Option<f64>,
+    #[arg(long, default_value_t = default_config().ema_decay)]
+    pub ema_decay: f64,
     /// Noise-condition dropout probability p_t.
-    #[arg(long)]
-    pub noise_dropout: Option<f64>,
+    #[arg(long, default_value_t = default_config().noise_dropout)]
+    pub noise_dropout: f64,
     /// Label dropout probability p_c.
-    #[arg(long)]
-    pub class_dropout: Option<f64>,
+    #[arg(long, default_value_t = default_config().class_dropout)]
+    pub class_dropout: f64,
     /// Train only noise-dropped samples (NAG fine-tuning).
     #[arg(long)]
     pub finetune_uncond_only: bool,
-    /// Fixed (not learned) variance for the DDPM objective.
+    /// Fixed (not learned) variance, for the ddpm objective only.
     #[arg(long)]
     pub no_learn_sigma: bool,
     /// Seed.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[arg(long, default_value_t = default_config().seed)]
+    pub seed: u64,
     /// Checkpoint every N steps.
-    #[arg(long)]
-    pub checkpoint_every: Option<u64>,
+    #[arg(long, default_value_t = default_config().checkpoint_every)]
+    pub checkpoint_every: u64,
     /// Log the loss every N steps.
-    #[arg(long)]
-    pub log_every: Option<u64>,
+    #[arg(long, default_value_t = default_config().log_every)]
+    pub log_every: u64,
     /// Data loader worker threads.
-    #[arg(long)]
-    pub workers: Option<usize>,
+    #[arg(long, default_value_t = default_config().workers)]
+    pub workers: usize,
     /// Unreadable files in a dataset folder: `skip` (count them, warn once) or `fail`.
     #[arg(long, value_name = "skip|fail")]
     pub on_bad_file: Option<String>,
@@ -177,25 +182,22 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = &args.$field { cfg.$field = v.clone().into(); } )* };
     }
-    set!(
-        data,
-        model,
-        steps,
-        batch,
-        grad_accum,
-        lr,
-        weight_decay,
-        warmup,
-        ema_decay,
-        noise_dropout,
-        class_dropout,
-        seed,
-        checkpoint_every,
-        log_every,
-        workers,
-        threads,
-        keep_checkpoints
-    );
+    set!(threads, keep_checkpoints);
+    cfg.data = args.data.clone();
+    cfg.model = args.model.clone();
+    cfg.steps = args.steps;
+    cfg.batch = args.batch;
+    cfg.grad_accum = args.grad_accum;
+    cfg.lr = args.lr;
+    cfg.weight_decay = args.weight_decay;
+    cfg.warmup = args.warmup;
+    cfg.ema_decay = args.ema_decay;
+    cfg.noise_dropout = args.noise_dropout;
+    cfg.class_dropout = args.class_dropout;
+    cfg.seed = args.seed;
+    cfg.checkpoint_every = args.checkpoint_every;
+    cfg.log_every = args.log_every;
+    cfg.workers = args.workers;
     if let Some(v) = args.grad_clip {
         cfg.grad_clip = Some(v);
     }
@@ -326,13 +328,14 @@ fn train_on<B: AutodiffBackend>(
 ) -> Result<nag_train::train::TrainSummary> {
     {
         let start = Instant::now();
-        let mut first_step: Option<(u64, Instant)> = None;
+        let bar = Progress::new(cfg.steps, "steps");
+        let mut first_report = true;
         let mut comm = String::new();
         let summary = train_replicas::<B>(cfg, out, resume, replicas, |event| {
             let p = match event {
                 TrainEvent::Communication(c) => {
                     comm = format!(
-                        "all-reduce {:.1} MB/step {:.3} s/step ({} replicas) ",
+                        " all-reduce {:.1} MB/step {:.3} s/step ({} replicas)",
                         c.bytes_per_step as f64 / 1e6,
                         c.seconds_per_step,
                         c.replicas
@@ -346,42 +349,30 @@ fn train_on<B: AutodiffBackend>(
                     skipped,
                 } => {
                     for s in &skipped {
-                        eprintln!("passed over {}: {}", s.dir.display(), s.reason);
+                        bar.println(format!("passed over {}: {}", s.dir.display(), s.reason));
                     }
-                    eprintln!("resuming from {} (step {step})", from.display());
+                    bar.println(format!("resuming from {} (step {step})", from.display()));
                     return;
                 }
                 TrainEvent::NullTimestepInitialised(path) => {
-                    eprintln!(
+                    bar.println(format!(
                         "note: {} has no null-timestep vector; it starts freshly initialised (fine-tune with --noise-dropout > 0 before using NAG)",
                         path.display()
-                    );
+                    ));
                     return;
                 }
             };
-            let (s0, t0) = *first_step.get_or_insert((p.step, Instant::now()));
-            // Speed from the first report on (model set-up is not in it).
-            let speed = if p.step > s0 {
-                let rate = (p.step - s0) as f64 / t0.elapsed().as_secs_f64();
-                let eta = ((p.total - p.step) as f64 / rate).round() as u64;
-                format!("{rate:.2} steps/s ETA {}:{:02}", eta / 60, eta % 60)
+            if first_report {
+                // Speed and ETA from the first report on (model set-up and, on resume, the
+                // steps done before are not in them).
+                bar.start_at(p.step);
+                first_report = false;
             } else {
-                "measuring speed".to_string()
-            };
-            let width = 30;
-            let filled = (width as u64 * p.step / p.total) as usize;
-            eprint!(
-                "\r[{}{}] {}/{} loss {:.4} {speed} {comm}  ",
-                "#".repeat(filled),
-                ".".repeat(width - filled),
-                p.step,
-                p.total,
-                p.loss,
-            );
-            let _ = std::io::stderr().flush();
+                bar.set(p.step);
+            }
+            bar.message(format!("loss {:.4}{comm}", p.loss));
         });
-        // End the progress line, whatever came of the run.
-        eprintln!();
+        bar.finish();
         let summary = summary?;
         eprintln!(
             "trained {} steps in {:.0}s; loss {:.4} → {:.4}",
@@ -563,7 +554,7 @@ impl StdoutSilenced {
     fn new() -> Self {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         {
-            let _ = std::io::stdout().flush();
+            let _ = std::io::Write::flush(&mut std::io::stdout());
             // SAFETY: plain fd calls; the saved descriptor is restored and closed in `drop`.
             unsafe {
                 let saved = libc::dup(1);
@@ -588,7 +579,7 @@ impl Drop for StdoutSilenced {
     fn drop(&mut self) {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         if let Some(saved) = self.0 {
-            let _ = std::io::stdout().flush();
+            let _ = std::io::Write::flush(&mut std::io::stdout());
             // SAFETY: restores the descriptor saved in `new`.
             unsafe {
                 libc::dup2(saved, 1);
