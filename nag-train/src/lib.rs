@@ -15,6 +15,8 @@
 //! - [`generate`]: sampling a trained model end to end.
 //! - [`metrics`]: sample quality: Fréchet distance, k-NN precision / recall, the feature
 //!   classifier, exact `gmm` metrics.
+//! - [`evaluate`]: the `eval` pipeline (samples vs. real images: FD, precision / recall,
+//!   class accuracy, FID, exact gmm metrics), typed options in, a typed report out.
 //! - [`estimator`]: training, loading and validating the noise-level estimator `g_φ(τ | x)`.
 //! - [`shift`]: noise-shift measurement along sampling trajectories, calibrated against
 //!   forward-noised data.
@@ -32,6 +34,7 @@ pub mod data;
 pub mod device_check;
 pub mod ema;
 pub mod estimator;
+pub mod evaluate;
 pub mod generate;
 pub mod guided;
 pub mod image;

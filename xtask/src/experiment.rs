@@ -33,7 +33,7 @@ use nag_train::shift::{Calibration, ExactMeter, LateShift, ShiftRecorder, ShiftS
 use nag_train::train::{finished_run, write_atomic, TrainConfig};
 use serde::Serialize;
 
-use crate::eval::{load_items, pick_indices};
+use nag_train::data::real_items::{load_items, pick_indices};
 
 /// `cargo xtask experiment`: the README's experiments.
 #[derive(Debug, Subcommand)]

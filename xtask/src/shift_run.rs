@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use crate::eval::{load_items, pick_indices};
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
@@ -11,6 +10,7 @@ use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_core::guidance::Guidance;
 use nag_core::schedule::Schedule;
 use nag_models::dit::TimeInput;
+use nag_train::data::real_items::{load_items, pick_indices};
 use nag_train::data::{open_dataset, open_gmm, DataOptions, Dataset};
 use nag_train::generate::{load_model, parse_variance, SampleConfig, Sampled, SamplerKind};
 use nag_train::image::LinePlot;
