@@ -17,6 +17,8 @@
 //!   classifier, exact `gmm` metrics.
 //! - [`evaluate`]: the `eval` pipeline (samples vs. real images: FD, precision / recall,
 //!   class accuracy, FID, exact gmm metrics), typed options in, a typed report out.
+//! - [`experiments`]: the README's experiments (`experiment nag`), typed options in, typed
+//!   results and their files out; [`report`]: figure helpers.
 //! - [`estimator`]: training, loading and validating the noise-level estimator `g_φ(τ | x)`.
 //! - [`shift`]: noise-shift measurement along sampling trajectories, calibrated against
 //!   forward-noised data.
@@ -35,6 +37,7 @@ pub mod device_check;
 pub mod ema;
 pub mod estimator;
 pub mod evaluate;
+pub mod experiments;
 pub mod generate;
 pub mod guided;
 pub mod image;
@@ -43,6 +46,7 @@ pub mod metrics;
 pub mod objective;
 pub mod oracle;
 pub mod parallel;
+pub mod report;
 pub mod run_dir;
 pub mod sample_set;
 pub mod sampling;

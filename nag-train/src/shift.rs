@@ -15,6 +15,16 @@ use nag_core::schedule::{NoiseSchedule, Schedule};
 use serde::{Deserialize, Serialize};
 
 use crate::sampling::{NoiseSource, SeededNormal, StepInfo};
+use crate::train::{ObjectiveKind, TrainConfig};
+
+/// The schedule on which a trained run's noise levels are measured: DDPM's linear β schedule
+/// for the `ddpm` objective, the interpolant's own otherwise.
+pub fn run_schedule(cfg: &TrainConfig) -> Schedule {
+    match cfg.objective {
+        ObjectiveKind::Ddpm => Schedule::from_name("ddpm-linear").expect("built-in"),
+        other => other.schedule().expect("interpolant objective"),
+    }
+}
 
 /// Estimates the noise level of states.
 pub trait NoiseMeter<B: Backend> {

@@ -24,7 +24,7 @@ use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_train::evaluate::{evaluate, EvalConfig, EvalEvent, EvalModel, EvalReport};
 use nag_train::generate::SamplerKind;
 
-use crate::progress::Progress;
+use crate::progress::{FeatureBar, Progress};
 
 /// Images sampled per batch without --batch.
 const DEFAULT_SAMPLE_BATCH: usize = 250;
@@ -164,6 +164,7 @@ impl BackendTask for Task<'_> {
             },
             (None, None) => anyhow::bail!("give --run RUN_DIR or --model oracle"),
         };
+        let mut features_bar: Option<FeatureBar> = None;
         let mut bar: Option<Progress> = None;
         let report = evaluate::<B>(&model, self.cfg, &device, |event| {
             match event {
@@ -172,23 +173,18 @@ impl BackendTask for Task<'_> {
                     "no feature classifier in {}: training one on the run's dataset now (saved there for later evals)",
                     dir.display()
                 );
-                bar = Some(Progress::new(cfg.steps, "steps"));
+                features_bar = Some(FeatureBar::new(cfg.steps));
             }
             EvalEvent::FeatureProgress(p) => {
-                if let Some(b) = &bar {
-                    b.set(p.step);
-                    b.message(format!(
-                        "loss {:.4} batch accuracy {:.1}%",
-                        p.loss,
-                        100.0 * p.accuracy
-                    ));
+                if let Some(b) = &features_bar {
+                    b.show(&p);
                 }
             }
             EvalEvent::FeaturesTrained {
                 held_out_accuracy,
                 held_out_n,
             } => {
-                if let Some(b) = bar.take() {
+                if let Some(b) = features_bar.take() {
                     b.finish();
                 }
                 eprintln!(

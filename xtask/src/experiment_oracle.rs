@@ -14,7 +14,7 @@ use nag_train::oracle::{NagForm, OracleError};
 use nag_train::study::{oracle_study, OracleStudy, OracleStudyConfig, StudyRow};
 use nag_train::train::write_atomic;
 
-use crate::experiment::side_by_side;
+use nag_train::report::side_by_side;
 
 /// Arguments of `cargo xtask experiment oracle`. Every list is comma-separated; the study
 /// measures their product.

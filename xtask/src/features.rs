@@ -1,10 +1,10 @@
 //! `cargo xtask features`: the feature classifier whose pooled activations are the feature
 //! space of `cargo xtask eval`'s Fréchet distance and precision / recall.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::progress::FeatureBar;
 use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
@@ -141,23 +141,10 @@ pub fn train_and_report<B: AutodiffBackend>(
         out.display()
     );
     let start = Instant::now();
-    let summary = train_feature_net::<B>(cfg, Some(out), device, |p: FeatureProgress| {
-        let width = 30;
-        let filled = (width as u64 * p.step / p.total.max(1)) as usize;
-        let rate = p.step as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        eprint!(
-            "\r[{}{}] {}/{} loss {:.4} batch accuracy {:.1}% {:.1} steps/s   ",
-            "#".repeat(filled),
-            ".".repeat(width - filled),
-            p.step,
-            p.total,
-            p.loss,
-            100.0 * p.accuracy,
-            rate
-        );
-        let _ = std::io::stderr().flush();
-    })?;
-    eprintln!();
+    let bar = FeatureBar::new(cfg.steps);
+    let summary =
+        train_feature_net::<B>(cfg, Some(out), device, |p: FeatureProgress| bar.show(&p))?;
+    bar.finish();
     eprintln!(
         "trained in {:.0}s; held-out accuracy {:.2}% ({} items never trained on)",
         start.elapsed().as_secs_f64(),

@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use nag_train::metrics::features::FeatureProgress;
+use nag_train::train::TrainEvent;
 
 /// `--quiet`: no bars at all.
 static QUIET: AtomicBool = AtomicBool::new(false);
@@ -80,5 +82,103 @@ impl Progress {
     /// Removes the bar from the screen.
     pub fn clear(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// A training run's events on screen: a bar with the loss (speed and ETA from the first report
+/// on), resume and note lines above it.
+pub struct TrainProgress {
+    bar: Progress,
+    started: bool,
+    comm: String,
+}
+
+impl TrainProgress {
+    /// A bar for a run of `steps` optimiser steps.
+    pub fn new(steps: u64) -> Self {
+        Self {
+            bar: Progress::new(steps, "steps"),
+            started: false,
+            comm: String::new(),
+        }
+    }
+
+    /// Shows one event of [`nag_train::train::train_replicas`].
+    pub fn event(&mut self, event: TrainEvent) {
+        let p = match event {
+            TrainEvent::Communication(c) => {
+                self.comm = format!(
+                    " all-reduce {:.1} MB/step {:.3} s/step ({} replicas)",
+                    c.bytes_per_step as f64 / 1e6,
+                    c.seconds_per_step,
+                    c.replicas
+                );
+                return;
+            }
+            TrainEvent::Progress(p) => p,
+            TrainEvent::Resumed {
+                from,
+                step,
+                skipped,
+            } => {
+                for s in &skipped {
+                    self.bar
+                        .println(format!("passed over {}: {}", s.dir.display(), s.reason));
+                }
+                self.bar
+                    .println(format!("resuming from {} (step {step})", from.display()));
+                return;
+            }
+            TrainEvent::NullTimestepInitialised(path) => {
+                self.bar.println(format!(
+                    "note: {} has no null-timestep vector; it starts freshly initialised (fine-tune with --noise-dropout > 0 before using NAG)",
+                    path.display()
+                ));
+                return;
+            }
+        };
+        if self.started {
+            self.bar.set(p.step);
+        } else {
+            // Speed and ETA from the first report on (model set-up and, on resume, the steps
+            // done before are not in them).
+            self.bar.start_at(p.step);
+            self.started = true;
+        }
+        self.bar.message(format!("loss {:.4}{}", p.loss, self.comm));
+    }
+
+    /// Leaves the bar's final state on screen, and the all-reduce cost of a data-parallel
+    /// run as a line of its own (the bar is hidden when stderr is not a terminal).
+    pub fn finish(&self) {
+        self.bar.finish();
+        if !self.comm.is_empty() {
+            self.bar.println(self.comm.trim_start().to_string());
+        }
+    }
+}
+
+/// A feature classifier's training on screen.
+pub struct FeatureBar(Progress);
+
+impl FeatureBar {
+    /// A bar for `steps` steps.
+    pub fn new(steps: u64) -> Self {
+        Self(Progress::new(steps, "steps"))
+    }
+
+    /// Shows one step's report.
+    pub fn show(&self, p: &FeatureProgress) {
+        self.0.set(p.step);
+        self.0.message(format!(
+            "loss {:.4} batch accuracy {:.1}%",
+            p.loss,
+            100.0 * p.accuracy
+        ));
+    }
+
+    /// Leaves the bar's final state on screen.
+    pub fn finish(&self) {
+        self.0.finish();
     }
 }

@@ -72,14 +72,6 @@ pub fn run_config(run: &Path) -> Result<TrainConfig> {
         .with_context(|| format!("{}: not a training config", path.display()))
 }
 
-/// The schedule the run's model was trained with, in the paper's clock.
-pub fn run_schedule(cfg: &TrainConfig) -> Schedule {
-    match cfg.objective {
-        ObjectiveKind::Ddpm => Schedule::from_name("ddpm-linear").expect("built-in"),
-        other => other.schedule().expect("interpolant objective"),
-    }
-}
-
 /// Measures δ along trajectories of `settings` with `meter`, calibrated by `calibration`.
 pub fn measure<B: Backend>(
     model: &Sampled<'_, B>,
@@ -170,7 +162,7 @@ impl BackendTask for Task<'_> {
                 let exact = open_gmm(&cfg.data, &options)?.map(|g| g.mixture().clone());
                 (
                     Sampled::Network(&net),
-                    run_schedule(&cfg),
+                    nag_train::shift::run_schedule(&cfg),
                     dataset,
                     exact,
                     run.display().to_string(),

@@ -11,9 +11,9 @@ use nag_train::data::OnError;
 use nag_train::objective::{InterpolantTarget, LossWeight};
 use nag_train::parallel::{Cluster, Replicas};
 use nag_train::run_dir::RunLock;
-use nag_train::train::{train_replicas, ObjectiveKind, TrainConfig, TrainEvent};
+use nag_train::train::{train_replicas, ObjectiveKind, TrainConfig};
 
-use crate::progress::Progress;
+use crate::progress::TrainProgress;
 
 /// Arguments of `cargo xtask train`. Every option may also come from `--config FILE.toml`;
 /// flags given on the command line win.
@@ -309,17 +309,7 @@ pub fn default_threads(spec: DeviceSpec, grad_accum: usize) -> usize {
     spec.concurrent_batches().min(grad_accum)
 }
 
-/// Trains per `cfg` into `out` with a progress bar (loss, steps/s, ETA) on stderr.
-pub fn train_with_progress<B: AutodiffBackend>(
-    cfg: &TrainConfig,
-    out: &Path,
-    resume: bool,
-    device: &B::Device,
-) -> Result<nag_train::train::TrainSummary> {
-    train_on::<B>(cfg, out, resume, &Replicas::single(device.clone()))
-}
-
-/// [`train_with_progress`] on data-parallel replicas.
+/// Trains per `cfg` into `out` on data-parallel replicas, with a progress bar on stderr.
 fn train_on<B: AutodiffBackend>(
     cfg: &TrainConfig,
     out: &Path,
@@ -328,50 +318,8 @@ fn train_on<B: AutodiffBackend>(
 ) -> Result<nag_train::train::TrainSummary> {
     {
         let start = Instant::now();
-        let bar = Progress::new(cfg.steps, "steps");
-        let mut first_report = true;
-        let mut comm = String::new();
-        let summary = train_replicas::<B>(cfg, out, resume, replicas, |event| {
-            let p = match event {
-                TrainEvent::Communication(c) => {
-                    comm = format!(
-                        " all-reduce {:.1} MB/step {:.3} s/step ({} replicas)",
-                        c.bytes_per_step as f64 / 1e6,
-                        c.seconds_per_step,
-                        c.replicas
-                    );
-                    return;
-                }
-                TrainEvent::Progress(p) => p,
-                TrainEvent::Resumed {
-                    from,
-                    step,
-                    skipped,
-                } => {
-                    for s in &skipped {
-                        bar.println(format!("passed over {}: {}", s.dir.display(), s.reason));
-                    }
-                    bar.println(format!("resuming from {} (step {step})", from.display()));
-                    return;
-                }
-                TrainEvent::NullTimestepInitialised(path) => {
-                    bar.println(format!(
-                        "note: {} has no null-timestep vector; it starts freshly initialised (fine-tune with --noise-dropout > 0 before using NAG)",
-                        path.display()
-                    ));
-                    return;
-                }
-            };
-            if first_report {
-                // Speed and ETA from the first report on (model set-up and, on resume, the
-                // steps done before are not in them).
-                bar.start_at(p.step);
-                first_report = false;
-            } else {
-                bar.set(p.step);
-            }
-            bar.message(format!("loss {:.4}{comm}", p.loss));
-        });
+        let mut bar = TrainProgress::new(cfg.steps);
+        let summary = train_replicas::<B>(cfg, out, resume, replicas, |e| bar.event(e));
         bar.finish();
         let summary = summary?;
         eprintln!(
