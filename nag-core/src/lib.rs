@@ -24,7 +24,6 @@ extern crate alloc;
 extern crate std;
 
 pub mod clock;
-pub mod ddpm;
 pub mod error;
 pub mod gmm;
 pub mod guidance;
@@ -36,3 +35,5 @@ pub mod shift;
 mod test_rng;
 
 pub use error::{Error, Result};
+/// DiT's DDPM tables at their historic path (they live in [`schedule::ddpm`]).
+pub use schedule::ddpm;

@@ -23,13 +23,14 @@ use nag_core::schedule::Schedule;
 use nag_models::dit::Dit;
 use sha2::{Digest, Sha256};
 
-use super::{
-    all_finite, checkpoint_dir, ema, export_ema, micro_step, on_own_graphs, run_dir, sum_gradients,
-    trainable_params, write_checkpoint, write_loss_log, write_loss_plot, Communication, Progress,
-    State, TrainConfig, TrainError, TrainEvent, STOP,
-};
+use super::checkpoint::{all_finite, export_ema, write_checkpoint, State};
+use super::loss_log::{write_loss_log, write_loss_plot};
+use super::step::{micro_step, on_own_graphs, sum_gradients, trainable_params};
+use super::{Communication, Progress, TrainConfig, TrainError, TrainEvent, STOP};
 use crate::data::{Batch, Dataset, Loader, LoaderConfig};
+use crate::ema;
 use crate::parallel::{Link, ParallelError};
+use crate::run_dir::{self, checkpoint_dir};
 
 /// What every replica of a run shares.
 pub(super) struct Run<'a> {

@@ -10,8 +10,8 @@
 use alloc::format;
 use alloc::vec::Vec;
 
+use super::NoiseSchedule;
 use crate::error::{Error, Result};
-use crate::schedule::NoiseSchedule;
 
 /// The β schedule of the original process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

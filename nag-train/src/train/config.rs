@@ -1,0 +1,306 @@
+//! [`TrainConfig`], everything a run needs (stored as its `config.json`): defaults, checks
+//! against each other, and the model configuration it implies.
+
+use std::path::PathBuf;
+
+use nag_core::schedule::Schedule;
+use nag_models::dit::{DitConfig, DitHints, TimeInput};
+use nag_models::StateDict;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+use crate::data::{Dataset, OnError};
+use crate::objective::{InterpolantTarget, LossWeight};
+
+/// What the network is trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ObjectiveKind {
+    /// DiT: DDPM ε-prediction on the 1000-step linear schedule (hybrid loss with learn_sigma).
+    #[default]
+    Ddpm,
+    /// SiT: Linear interpolant.
+    Linear,
+    /// SiT: GVP interpolant.
+    Gvp,
+    /// SiT: VP interpolant.
+    Vp,
+}
+
+impl ObjectiveKind {
+    /// Parses `ddpm`, `linear`, `gvp` or `vp`.
+    pub fn parse(s: &str) -> Result<Self, TrainError> {
+        match s.to_ascii_lowercase().as_str() {
+            "ddpm" => Ok(Self::Ddpm),
+            "linear" => Ok(Self::Linear),
+            "gvp" => Ok(Self::Gvp),
+            "vp" => Ok(Self::Vp),
+            _ => Err(TrainError::Config(format!(
+                "unknown objective '{s}': expected ddpm, linear, gvp or vp"
+            ))),
+        }
+    }
+
+    /// The continuous schedule of an interpolant objective.
+    pub fn schedule(self) -> Option<Schedule> {
+        match self {
+            Self::Ddpm => None,
+            Self::Linear => Schedule::from_name("linear").ok(),
+            Self::Gvp => Schedule::from_name("gvp").ok(),
+            Self::Vp => Schedule::from_name("vp").ok(),
+        }
+    }
+}
+
+/// Everything a training run needs; stored in the run directory as `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Dataset spec (`shapes`, `gmm`, or a path; see [`open_dataset`]).
+    pub data: String,
+    /// Model preset (`tiny`, `small`, `DiT-S/2`, …).
+    pub model: String,
+    /// Objective.
+    pub objective: ObjectiveKind,
+    /// Interpolant target (interpolant objectives only).
+    pub prediction: InterpolantTarget,
+    /// Interpolant loss weighting.
+    pub loss_weight: LossWeight,
+    /// Learned variance (DDPM only; interpolants never learn σ).
+    pub learn_sigma: bool,
+    /// Optimiser steps.
+    pub steps: u64,
+    /// Global batch size.
+    pub batch: usize,
+    /// Gradient accumulation: each optimiser step averages this many micro-batches of
+    /// `batch / grad_accum` samples.
+    pub grad_accum: usize,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Linear warm-up of the learning rate over this many steps (0 = none).
+    pub warmup: u64,
+    /// Clip the gradient norm to this value.
+    pub grad_clip: Option<f32>,
+    /// EMA decay.
+    pub ema_decay: f64,
+    /// EMA warm-up `min(d, (1+k)/(10+k))` (for short runs).
+    pub ema_warmup: bool,
+    /// Noise-condition dropout probability p_t.
+    pub noise_dropout: f64,
+    /// Label dropout probability p_c.
+    pub class_dropout: f64,
+    /// Train only on noise-dropped samples (NAG fine-tuning variant).
+    pub finetune_uncond_only: bool,
+    /// Seed of everything random in the run.
+    pub seed: u64,
+    /// Checkpoint every this many steps (and at the end).
+    pub checkpoint_every: u64,
+    /// Log the loss every this many steps.
+    pub log_every: u64,
+    /// Image size for generated datasets.
+    pub image_size: Option<usize>,
+    /// Unreadable files in a user dataset: skip and count them (a warning on the first), or
+    /// stop with an error naming the file.
+    pub on_bad_file: OnError,
+    /// Loader worker threads.
+    pub workers: usize,
+    /// Micro-batches (see `grad_accum`) computed at once, each on its own thread with its own
+    /// autodiff graph. Execution only: the gradients are summed in micro-batch order, so the
+    /// weights are bit-identical for any value. On the CPU backends one training step uses
+    /// about one core, so `grad_accum = threads = cores` is the fast setting there.
+    pub threads: usize,
+    /// Initial weights (`.pt`, `.safetensors`, or a run directory's EMA), e.g. an official
+    /// checkpoint to fine-tune for NAG.
+    pub init: Option<PathBuf>,
+    /// Attention heads of the `init` network when its hidden size is not a standard one
+    /// (DiT's sizes 384/768/1024/1152 imply 6/12/16/16).
+    pub init_heads: Option<usize>,
+    /// Fine-tune `init` onto the data's own label set: the label table is rebuilt with
+    /// `K + 1` rows (`K` = the data's classes, last = null), drawn `N(0, 0.02)` from the run's
+    /// seed as at initialisation; everything else is loaded. Without it the data's class count
+    /// must equal the file's.
+    pub new_classes: bool,
+    /// How many of the newest checkpoints to keep (at least 1; 2 leaves one to fall back on
+    /// if the newest is damaged).
+    pub keep_checkpoints: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            data: "shapes".into(),
+            model: "tiny".into(),
+            objective: ObjectiveKind::Ddpm,
+            prediction: InterpolantTarget::Velocity,
+            loss_weight: LossWeight::None,
+            learn_sigma: true,
+            steps: 2000,
+            batch: 32,
+            grad_accum: 1,
+            lr: 1e-4,
+            weight_decay: 0.0,
+            warmup: 0,
+            grad_clip: None,
+            ema_decay: 0.9999,
+            ema_warmup: true,
+            noise_dropout: 0.1,
+            class_dropout: 0.1,
+            finetune_uncond_only: false,
+            seed: 0,
+            checkpoint_every: 500,
+            log_every: 10,
+            image_size: None,
+            on_bad_file: OnError::Skip,
+            workers: 2,
+            threads: 1,
+            init: None,
+            init_heads: None,
+            new_classes: false,
+            keep_checkpoints: 2,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the options against each other.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.steps == 0 {
+            return bad("--steps must be at least 1".into());
+        }
+        if self.batch == 0 {
+            return bad("--batch must be at least 1".into());
+        }
+        if self.grad_accum == 0 || !self.batch.is_multiple_of(self.grad_accum) {
+            return bad(format!(
+                "--grad-accum {} must divide --batch {}",
+                self.grad_accum, self.batch
+            ));
+        }
+        if self.threads == 0 {
+            return bad("--threads must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr must be > 0 (got {})", self.lr));
+        }
+        for (name, p) in [
+            ("--noise-dropout", self.noise_dropout),
+            ("--class-dropout", self.class_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("{name} must be in [0, 1) (got {p})"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad(format!(
+                "--ema-decay must be in [0, 1) (got {})",
+                self.ema_decay
+            ));
+        }
+        if self.finetune_uncond_only && self.noise_dropout == 0.0 {
+            return bad("--finetune-uncond-only trains the null-t branch; it needs the model's null-timestep vector (do not combine with --noise-dropout 0)".into());
+        }
+        if self.checkpoint_every == 0 || self.log_every == 0 {
+            return bad("--checkpoint-every and --log-every must be at least 1".into());
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "--weight-decay must be a finite number ≥ 0 (got {})",
+                self.weight_decay
+            ));
+        }
+        if let Some(c) = self.grad_clip {
+            if !(c.is_finite() && c > 0.0) {
+                return bad(format!("--grad-clip must be a finite number > 0 (got {c})"));
+            }
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("--keep-checkpoints must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The network config for this run and dataset. Fine-tuning (`init` = the state dict of
+    /// `--init`) takes the architecture from the file (hidden size, depth, classes: an
+    /// official DiT-XL/2 keeps its 1000 classes whatever labels the data uses) and checks the
+    /// data fits it; otherwise the `--model` preset is sized to the data.
+    pub fn model_config(
+        &self,
+        dataset: &dyn Dataset,
+        init: Option<&StateDict>,
+    ) -> Result<DitConfig, TrainError> {
+        let [c, h, w] = dataset.shape();
+        if h != w {
+            return Err(TrainError::Config(format!(
+                "dataset images are {h}×{w}; the DiT needs square inputs"
+            )));
+        }
+        let mut cfg = match init {
+            None => DitConfig::preset(&self.model, h, c, dataset.num_classes())?,
+            Some(sd) => {
+                let hints = DitHints {
+                    class_dropout_prob: Some(self.class_dropout.max(f64::MIN_POSITIVE)),
+                    num_heads: self.init_heads,
+                    ..DitHints::default()
+                };
+                let cfg = DitConfig::infer_from_state_dict(sd, &hints)?;
+                if (cfg.in_channels, cfg.input_size) != (c, h) {
+                    return Err(TrainError::Config(format!(
+                        "--init is a model of {}×{}×{} inputs but the data is {c}×{h}×{w} (a \
+                         256-px DiT takes 4×32×32 latents of 256-px images)",
+                        cfg.in_channels, cfg.input_size, cfg.input_size
+                    )));
+                }
+                let mut cfg = cfg;
+                let k = dataset.num_classes();
+                if self.new_classes {
+                    cfg.num_classes = k;
+                } else if k != cfg.num_classes {
+                    return Err(TrainError::Config(format!(
+                        "the data has {k} classes but --init has {}: pass --new-classes to \
+                         fine-tune onto the data's {k} classes (a fresh label table, the rest of \
+                         the network loaded)",
+                        cfg.num_classes
+                    )));
+                }
+                cfg
+            }
+        };
+        let num_classes = cfg.num_classes;
+        let ddpm = self.objective == ObjectiveKind::Ddpm;
+        cfg.learn_sigma = ddpm && self.learn_sigma;
+        cfg.time_input = if ddpm {
+            TimeInput::DdpmIndex
+        } else {
+            TimeInput::SitClock
+        };
+        cfg.class_dropout_prob = if num_classes > 0 {
+            self.class_dropout.max(f64::MIN_POSITIVE)
+        } else {
+            0.0
+        };
+        cfg.null_timestep = true;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Replaces the label table of `sd` by a fresh one for `config`'s classes (`N(0, 0.02)`, the
+/// reference's init, from `seed`), or removes it for an unconditional config.
+pub(super) fn rebuild_label_table(sd: &mut StateDict, config: &DitConfig, seed: u64) {
+    use rand::SeedableRng;
+    const KEY: &str = "y_embedder.embedding_table.weight";
+    sd.tensors.remove(KEY);
+    let rows = config.label_table_rows();
+    if rows == 0 {
+        return;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6e65_775f_6c61_6265);
+    let values: Vec<f32> = (0..rows * config.hidden_size)
+        .map(|_| 0.02 * rng.sample::<f32, _>(rand_distr::StandardNormal))
+        .collect();
+    sd.insert(KEY, vec![rows, config.hidden_size], values);
+}
