@@ -16,7 +16,8 @@
 //! - `.lock`: held while a process trains into the folder;
 //! - `ema.safetensors` + `ema.json`: the EMA weights with the reference key names (what
 //!   `sample` reads);
-//! - `loss.csv` and `loss.png`.//!
+//! - `loss.csv` and `loss.png`.
+//!
 //! Layout: [`train`] / [`train_replicas`] (set-up, resume, launching the replicas) in
 //! `launch.rs`, the step loop of one replica in `replica.rs`, the options in `config.rs`,
 //! checkpoints and the EMA export in `checkpoint.rs`, one micro-batch's draws, loss and

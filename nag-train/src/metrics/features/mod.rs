@@ -20,7 +20,8 @@
 //! dict, PyTorch layouts: `convs.{l}.weight [w_l, w_{l−1}, 3, 3]` with `w_{−1} = 2C`,
 //! `convs.{l}.bias [w_l]`,
 //! `head.weight [K, w_L]`, `head.bias [K]`) and `<dir>/model.json` ([`FeatureModelInfo`]: the
-//! config, the dataset it was trained on and the held-out accuracy), each written atomically.//!
+//! config, the dataset it was trained on and the held-out accuracy), each written atomically.
+//!
 //! Layout: the network ([`FeatureNet`], its config and state dict) in `net.rs`, the saved
 //! files and [`FeatureExtractor`] in `extractor.rs`, training and accuracy in `train.rs`.
 
