@@ -223,6 +223,42 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The options a `--resume` run `new` gives differently from this stored run, as
+    /// `--flag (run: stored, now: new)`, in the config's field order. What may change on resume
+    /// (the length, how the work is spread over threads and workers, how many checkpoints are
+    /// kept) is not compared.
+    pub fn resume_conflicts(&self, new: &TrainConfig) -> Vec<String> {
+        let mut new = new.clone();
+        new.steps = self.steps;
+        new.threads = self.threads;
+        new.workers = self.workers;
+        new.keep_checkpoints = self.keep_checkpoints;
+        let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
+            (serde_json::to_value(self), serde_json::to_value(&new))
+        else {
+            return vec!["(the options could not be compared)".into()];
+        };
+        let show = |v: Option<&serde_json::Value>| match v {
+            None | Some(serde_json::Value::Null) => "none".to_string(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+        };
+        old.iter()
+            .filter(|(key, value)| new.get(*key) != Some(*value))
+            .map(|(key, value)| {
+                let flag = match key.as_str() {
+                    "learn_sigma" => "--no-learn-sigma".to_string(),
+                    k => format!("--{}", k.replace('_', "-")),
+                };
+                format!(
+                    "{flag} (run: {}, now: {})",
+                    show(Some(value)),
+                    show(new.get(key))
+                )
+            })
+            .collect()
+    }
+
     /// The network config for this run and dataset. Fine-tuning (`init` = the state dict of
     /// `--init`) takes the architecture from the file (hidden size, depth, classes: an
     /// official DiT-XL/2 keeps its 1000 classes whatever labels the data uses) and checks the
@@ -303,4 +339,44 @@ pub(super) fn rebuild_label_table(sd: &mut StateDict, config: &DitConfig, seed: 
         .map(|_| 0.02 * rng.sample::<f32, _>(rand_distr::StandardNormal))
         .collect();
     sd.insert(KEY, vec![rows, config.hidden_size], values);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_conflicts_name_each_changed_option_with_both_values() {
+        let run = TrainConfig::default();
+        let mut now = run.clone();
+        // What may change on resume is not a conflict.
+        now.steps += 10;
+        now.threads += 1;
+        now.workers += 1;
+        now.keep_checkpoints += 1;
+        assert!(run.resume_conflicts(&now).is_empty());
+        now.lr = 0.5;
+        now.data = "gmm".into();
+        now.learn_sigma = !run.learn_sigma;
+        now.grad_clip = Some(2.0);
+        let c = run.resume_conflicts(&now);
+        assert_eq!(c.len(), 4, "{c:?}");
+        assert!(
+            c.contains(&format!("--data (run: {}, now: gmm)", run.data)),
+            "{c:?}"
+        );
+        assert!(
+            c.contains(&format!("--lr (run: {}, now: 0.5)", run.lr)),
+            "{c:?}"
+        );
+        assert!(
+            c.iter().any(|l| l.starts_with("--no-learn-sigma (run: ")),
+            "{c:?}"
+        );
+        assert!(
+            c.iter()
+                .any(|l| l.starts_with("--grad-clip (run: ") && l.ends_with("now: 2.0)")),
+            "{c:?}"
+        );
+    }
 }

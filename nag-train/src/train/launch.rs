@@ -143,17 +143,12 @@ pub fn train_replicas<B: AutodiffBackend>(
         let stored: TrainConfig =
             serde_json::from_slice(&io(&config_path, fs::read(&config_path))?)
                 .map_err(|e| TrainError::Config(format!("{}: {e}", config_path.display())))?;
-        // What may change on resume: the length, how the work is spread over threads, and how
-        // many checkpoints are kept.
-        let mut a = stored.clone();
-        a.steps = cfg.steps;
-        a.threads = cfg.threads;
-        a.workers = cfg.workers;
-        a.keep_checkpoints = cfg.keep_checkpoints;
-        if &a != cfg {
+        let conflicts = stored.resume_conflicts(cfg);
+        if !conflicts.is_empty() {
             return Err(TrainError::Config(format!(
-                "--resume: the options differ from the run's {} (only --steps, --threads, --workers and --keep-checkpoints may change)",
-                config_path.display()
+                "--resume: the options differ from the run's {}: {} (only --steps, --threads, --workers and --keep-checkpoints may change; give the run's values, or train into a new --out)",
+                config_path.display(),
+                conflicts.join(", ")
             )));
         }
         // The newest checkpoint that verifies and loads; damaged or incomplete newer ones are
