@@ -13,7 +13,7 @@ use nag_models::dit::{Dit, DitHints, TimeInput};
 use nag_models::vae::Vae;
 use nag_train::data::Dataset;
 use nag_train::generate::{load_model, parse_variance, SampleConfig, Sampled, SamplerKind};
-use nag_train::image::{save_png_grid_with, GridOptions};
+use nag_train::image::{make_labelled_grid, save_png_grid_with, GridOptions};
 use nag_train::sample_set::{sample_set, LabelMode, SampleSetSpec};
 use nag_train::vae_codec::decode_latents;
 
@@ -102,7 +102,8 @@ pub struct SampleArgs {
     #[arg(long, conflicts_with = "class")]
     pub balanced_labels: bool,
     /// One image with rows: no guidance, CFG, NAG, CFG+NAG (same seeds), with the --cfg and
-    /// --nag given (defaults 4 and 3 here).
+    /// --nag given (defaults 4 and 3 here); each row's guidance and each column's class are
+    /// written in the image.
     #[arg(long)]
     pub compare: bool,
     /// Path of an interpolant (SiT) model: linear, gvp or vp.
@@ -406,8 +407,27 @@ impl BackendTask for Task<'_> {
             first3: shape[1] > 3,
             ..GridOptions::default()
         };
-        save_png_grid_with(&out, &values, shape, &opts)
-            .with_context(|| format!("writing {}", out.display()))?;
+        if args.compare {
+            let row_labels: Vec<String> = rows
+                .iter()
+                .map(|(name, _)| match *name {
+                    "CFG" => format!("CFG {}", args.cfg),
+                    "NAG" => format!("NAG {}", args.nag),
+                    "CFG+NAG" => format!("CFG {} + NAG {}", args.cfg, args.nag),
+                    other => other.to_string(),
+                })
+                .collect();
+            let (col_labels, corner): (Vec<String>, &str) = if classes > 0 {
+                (labels.iter().map(i64::to_string).collect(), "class")
+            } else {
+                (Vec::new(), "")
+            };
+            make_labelled_grid(&values, shape, &opts, &row_labels, &col_labels, corner)
+                .and_then(|grid| grid.save_png(&out))
+        } else {
+            save_png_grid_with(&out, &values, shape, &opts)
+        }
+        .with_context(|| format!("writing {}", out.display()))?;
         println!("wrote {}", out.display());
         Ok(())
     }

@@ -5,15 +5,18 @@
 //! `C = 1` (gray) or `C = 3` (RGB). Other channel counts (e.g. 4-channel latents) are an error
 //! unless [`GridOptions::first3`] asks for a preview of the first three channels, each image
 //! min-max normalised. Text in plots uses a built-in 5×7 bitmap font (ASCII upper case,
-//! digits, punctuation; lower case is drawn upper case, unknown characters as `?`).//!
+//! digits, punctuation; lower case is drawn upper case, unknown characters as `?`).
+//!
 //! Layout: images, PNG files and grids here; the bitmap font in `text.rs`; line plots in
-//! `plot.rs`.
+//! `plot.rs`; row and column labels around a grid in `grid_labels.rs`.
 
 use std::path::{Path, PathBuf};
 
+mod grid_labels;
 mod plot;
 mod text;
 
+pub use grid_labels::make_labelled_grid;
 pub use plot::{format_number, LinePlot, Series, PALETTE};
 pub use text::{draw_text, text_width};
 
