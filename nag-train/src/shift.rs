@@ -8,6 +8,8 @@
 //! A posterior mean is a biased estimate of τ even for perfectly noised states, so with a
 //! [`Calibration`] the recorder also reports the *excess* δ: the same meter's reading on
 //! forward-noised data at the same nominal τ, subtracted.
+//!
+//! The analytic shift of a schedule (no sampling) is in `analytic.rs`.
 
 use burn::tensor::{backend::Backend, Tensor};
 use nag_core::gmm::GaussianMixture;
@@ -16,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::sampling::{NoiseSource, SeededNormal, StepInfo};
 use crate::train::{ObjectiveKind, TrainConfig};
+
+mod analytic;
+pub use analytic::{analytic_shift, AnalyticRow, AnalyticShift};
 
 /// The schedule on which a trained run's noise levels are measured: DDPM's linear β schedule
 /// for the `ddpm` objective, the interpolant's own otherwise.

@@ -173,7 +173,11 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     progress::set_quiet(cli.quiet);
+    progress::show_warnings();
     let result = match &cli.command {
+        Command::Shift(args) if args.run.is_some() || args.oracle.model.is_some() => {
+            shift_run::run(args)
+        }
         Command::Shift(args) => shift::run(args),
         Command::Train(args) => train::run(args),
         Command::Coordinator { port } => {
