@@ -361,24 +361,11 @@ impl<B: Backend> NoiseEstimator<B> {
     pub fn load_state_dict(self, sd: &StateDict) -> Result<Self, CheckpointError> {
         check_entries(sd, &self.config.state_dict_shapes(), &[], KIND)?;
         let ld = Loader { sd, kind: KIND };
-        let mut x_embedder = self.x_embedder;
-        x_embedder.proj.weight =
-            ld.param("x_embedder.proj.weight", x_embedder.proj.weight, true)?;
-        x_embedder.proj.bias = match x_embedder.proj.bias {
-            Some(b) => Some(ld.param("x_embedder.proj.bias", b, true)?),
-            None => None,
-        };
-        let y_embedder = match self.y_embedder {
-            Some(y) => Some(LabelEmbedder {
-                embedding_table: ld.param(
-                    "y_embedder.embedding_table.weight",
-                    y.embedding_table,
-                    true,
-                )?,
-                num_classes: y.num_classes,
-            }),
-            None => None,
-        };
+        let x_embedder = self.x_embedder.import(&ld, "x_embedder")?;
+        let y_embedder = self
+            .y_embedder
+            .map(|y| y.import(&ld, "y_embedder"))
+            .transpose()?;
         let blocks = self
             .blocks
             .into_iter()

@@ -457,17 +457,10 @@ impl<B: Backend> Dit<B> {
             }
             None => None,
         };
-        let y_embedder = match self.y_embedder {
-            Some(y) => Some(LabelEmbedder {
-                embedding_table: ld.param(
-                    "y_embedder.embedding_table.weight",
-                    y.embedding_table,
-                    true,
-                )?,
-                num_classes: y.num_classes,
-            }),
-            None => None,
-        };
+        let y_embedder = self
+            .y_embedder
+            .map(|y| y.import(&ld, "y_embedder"))
+            .transpose()?;
         let blocks = self
             .blocks
             .into_iter()
@@ -520,13 +513,26 @@ impl<B: Backend> PatchEmbed<B> {
         }
     }
 
-    fn import(mut self, ld: &Loader, prefix: &str) -> Result<Self, CheckpointError> {
+    pub(crate) fn import(mut self, ld: &Loader, prefix: &str) -> Result<Self, CheckpointError> {
         self.proj.weight = ld.param(&join(prefix, "proj.weight"), self.proj.weight, true)?;
         self.proj.bias = match self.proj.bias {
             Some(b) => Some(ld.param(&join(prefix, "proj.bias"), b, true)?),
             None => None,
         };
         Ok(self)
+    }
+}
+
+impl<B: Backend> LabelEmbedder<B> {
+    pub(crate) fn import(self, ld: &Loader, prefix: &str) -> Result<Self, CheckpointError> {
+        Ok(Self {
+            embedding_table: ld.param(
+                &join(prefix, "embedding_table.weight"),
+                self.embedding_table,
+                true,
+            )?,
+            num_classes: self.num_classes,
+        })
     }
 }
 

@@ -200,19 +200,15 @@ where
         } else {
             mean
         };
-        let tau_next = if k > 0 { schedule.tau(k - 1) } else { 0.0 };
-        check_finite(&x_next, step, tau_next)?;
-        if let Some(cb) = callback.as_mut() {
-            cb(StepInfo {
-                step,
-                at,
-                x,
-                x0_hat: x0,
-                tau_next,
-                x_next: x_next.clone(),
-            });
-        }
-        x = x_next;
+        let info = StepInfo {
+            step,
+            at,
+            x,
+            x0_hat: x0,
+            tau_next: if k > 0 { schedule.tau(k - 1) } else { 0.0 },
+            x_next,
+        };
+        x = end_step(info, &mut callback)?;
     }
     Ok(x)
 }
@@ -280,19 +276,28 @@ where
             check_noise(&z, shape)?;
             x_next = x_next + z.mul_scalar(sigma);
         }
-        let tau_next = if k > 0 { schedule.tau(k - 1) } else { 0.0 };
-        check_finite(&x_next, step, tau_next)?;
-        if let Some(cb) = callback.as_mut() {
-            cb(StepInfo {
-                step,
-                at,
-                x,
-                x0_hat: x0,
-                tau_next,
-                x_next: x_next.clone(),
-            });
-        }
-        x = x_next;
+        let info = StepInfo {
+            step,
+            at,
+            x,
+            x0_hat: x0,
+            tau_next: if k > 0 { schedule.tau(k - 1) } else { 0.0 },
+            x_next,
+        };
+        x = end_step(info, &mut callback)?;
     }
     Ok(x)
+}
+
+/// The end of a step: the new state checked finite and shown to the callback.
+fn end_step<B: Backend>(
+    info: StepInfo<B>,
+    callback: &mut StepCallback<'_, B>,
+) -> Result<Tensor<B, 4>> {
+    check_finite(&info.x_next, info.step, info.tau_next)?;
+    let x_next = info.x_next.clone();
+    if let Some(cb) = callback.as_mut() {
+        cb(info);
+    }
+    Ok(x_next)
 }
