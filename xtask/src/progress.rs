@@ -7,6 +7,32 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nag_train::metrics::features::FeatureProgress;
 use nag_train::train::TrainEvent;
 
+/// Shows the `nag` libraries' warnings (`log::warn!` and errors) on stderr as
+/// `warning: …`; everything else logged (burn's own records included) stays silent.
+struct Warnings;
+
+impl log::Log for Warnings {
+    fn enabled(&self, meta: &log::Metadata) -> bool {
+        meta.level() <= log::Level::Warn && meta.target().starts_with("nag_")
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("warning: {}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the warning logger (once; a logger set before is left in place).
+pub fn show_warnings() {
+    static WARNINGS: Warnings = Warnings;
+    if log::set_logger(&WARNINGS).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+}
+
 /// `--quiet`: no bars at all.
 static QUIET: AtomicBool = AtomicBool::new(false);
 

@@ -418,15 +418,15 @@ pub(crate) struct SkipLog {
 }
 
 impl SkipLog {
-    /// Records that item `index` is unreadable; warns once per dataset.
+    /// Records that item `index` is unreadable; warns once per dataset (`log::warn!`).
     pub(crate) fn record(&self, dataset: &str, index: usize, err: &DataError) {
         let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
         bad.insert(index);
         if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
             let why = crate::error_chain(err);
-            eprintln!(
-                "warning: {dataset}: skipping unreadable file ({why}); further skips are \
-                 counted silently"
+            // Through the `log` facade: the library never prints, the CLI shows warnings.
+            log::warn!(
+                "{dataset}: skipping unreadable file ({why}); further skips are counted silently"
             );
         }
     }
