@@ -47,6 +47,52 @@ pub enum OracleConfigError {
     /// nag-core rejected the mixture or a level.
     #[error(transparent)]
     Core(#[from] nag_core::Error),
+    /// The data could not be opened.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+}
+
+/// The options that pick the exact model (`--model oracle`): its data and how it errs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OracleSpec {
+    /// The built-in mixture data: gmm, gmm8, gmm32, … (seed 0).
+    pub data: String,
+    /// Its training objective, fixing schedule and prediction: ddpm (ε, DiT's schedule) or
+    /// linear / gvp / vp (velocity, SiT's paths).
+    pub objective: String,
+    /// A controlled error ([`OracleError::parse`]).
+    pub oracle_error: String,
+    /// The noise-dropped branch: eps or score ([`NagForm`]).
+    pub nag_form: String,
+}
+
+impl OracleSpec {
+    /// The oracle and its data.
+    pub fn build(&self, seed: u64) -> Result<(Oracle, GmmDataset), OracleConfigError> {
+        let Some(gmm) = crate::data::open_gmm(&self.data, &crate::data::DataOptions::default())?
+        else {
+            return Err(OracleConfigError::Config(format!(
+                "--model oracle needs built-in gmm data (--data gmm, gmm8, gmm32, …), not '{}'",
+                self.data
+            )));
+        };
+        let oracle = Oracle::from_specs(
+            &gmm,
+            &self.objective,
+            &self.oracle_error,
+            &self.nag_form,
+            seed,
+        )?;
+        Ok((oracle, gmm))
+    }
+
+    /// How reports name it: `oracle (gmm, ddpm, error none, NAG form eps)`.
+    pub fn label(&self) -> String {
+        format!(
+            "oracle ({}, {}, error {}, NAG form {})",
+            self.data, self.objective, self.oracle_error, self.nag_form
+        )
+    }
 }
 
 /// A controlled error of the oracle model (`--oracle-error`).

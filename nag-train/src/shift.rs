@@ -20,7 +20,12 @@ use crate::sampling::{NoiseSource, SeededNormal, StepInfo};
 use crate::train::{ObjectiveKind, TrainConfig};
 
 mod analytic;
+mod trajectories;
 pub use analytic::{analytic_shift, AnalyticRow, AnalyticShift};
+pub use trajectories::{
+    measure, measure_trajectory_shift, reference_calibration, Setting, ShiftModel, TrajectoryError,
+    TrajectoryShiftConfig, TrajectoryShiftEvent, TrajectoryShiftReport,
+};
 
 /// The schedule on which a trained run's noise levels are measured: DDPM's linear β schedule
 /// for the `ddpm` objective, the interpolant's own otherwise.

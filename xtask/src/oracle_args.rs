@@ -3,8 +3,8 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use nag_train::data::{open_gmm, DataOptions, GmmDataset};
-use nag_train::oracle::Oracle;
+use nag_train::data::GmmDataset;
+use nag_train::oracle::{Oracle, OracleSpec};
 
 /// `--model oracle` and its options.
 #[derive(Debug, Args)]
@@ -30,27 +30,22 @@ pub struct OracleOpts {
 }
 
 impl OracleOpts {
+    /// The library's description of the oracle these options pick.
+    pub fn spec(&self) -> OracleSpec {
+        OracleSpec {
+            data: self.data.clone(),
+            objective: self.objective.clone(),
+            oracle_error: self.oracle_error.clone(),
+            nag_form: self.nag_form.clone(),
+        }
+    }
+
     /// The oracle and its data when `--model oracle` was given; `None` without `--model`;
     /// an error naming the alternatives for any other model name (`others` lists them).
     pub fn build(&self, seed: u64, others: &str) -> Result<Option<(Oracle, GmmDataset)>> {
         match self.model.as_deref() {
             None => Ok(None),
-            Some("oracle") => {
-                let Some(gmm) = open_gmm(&self.data, &DataOptions::default())? else {
-                    bail!(
-                        "--model oracle needs built-in gmm data (--data gmm, gmm8, gmm32, …), not '{}'",
-                        self.data
-                    );
-                };
-                let oracle = Oracle::from_specs(
-                    &gmm,
-                    &self.objective,
-                    &self.oracle_error,
-                    &self.nag_form,
-                    seed,
-                )?;
-                Ok(Some((oracle, gmm)))
-            }
+            Some("oracle") => Ok(Some(self.spec().build(seed)?)),
             Some(other) => bail!("--model '{other}': the only model besides {others} is `oracle`"),
         }
     }
