@@ -12,7 +12,8 @@
 //! - [`sampling`]: DDPM, DDIM, SDE and ODE samplers over a [`sampling::DiffusionModel`].
 //! - [`guided`]: guidance as a model wrapper ([`guided::GuidedDit`]); [`classifier_nag`]:
 //!   classifier NAG with a trained noise-level estimator, also a wrapper.
-//! - [`generate`]: sampling a trained model end to end.
+//! - [`generate`]: sampling a trained model end to end; [`sample_images`]: the `sample`
+//!   pipeline (model, DoG reference, VAE → a labelled PNG grid or an `.npz` set).
 //! - [`metrics`]: sample quality: Fréchet distance, k-NN precision / recall, the feature
 //!   classifier, exact `gmm` metrics.
 //! - [`evaluate`]: the `eval` pipeline (samples vs. real images: FD, precision / recall,
@@ -21,7 +22,7 @@
 //!   results and their files out; [`report`]: figure helpers.
 //! - [`estimator`]: training, loading and validating the noise-level estimator `g_φ(τ | x)`.
 //! - [`shift`]: noise-shift measurement along sampling trajectories, calibrated against
-//!   forward-noised data.
+//!   forward-noised data (the `shift` pipelines, analytic and `--run`).
 //! - [`study`]: the oracle study (`experiment oracle`): NAG's effect on the shift and the
 //!   samples, measured exactly.
 //! - [`oracle`]: the exact model of `gmm` data (`--model oracle`) with controlled errors.
@@ -48,6 +49,7 @@ pub mod oracle;
 pub mod parallel;
 pub mod report;
 pub mod run_dir;
+pub mod sample_images;
 pub mod sample_set;
 pub mod sampling;
 pub mod shift;

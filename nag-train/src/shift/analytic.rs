@@ -109,7 +109,8 @@ mod tests {
         assert!(t.ddpm);
         let idx: Vec<_> = t.rows.iter().map(|r| r.index.unwrap()).collect();
         assert_eq!(idx, [0, 499, 999]);
-        assert!(t.rows.iter().all(|r| r.delta_steps.is_some()));
+        // (At the last index a shift would leave the table: none there.)
+        assert!(t.rows[..2].iter().all(|r| r.delta_steps.is_some()));
         let c = analytic_shift("linear", 0.05, 4).unwrap();
         let taus: Vec<_> = c.rows.iter().map(|r| r.tau).collect();
         assert_eq!(taus, [0.25, 0.5, 0.75, 1.0]);
