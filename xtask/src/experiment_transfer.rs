@@ -11,7 +11,7 @@ use clap::Args;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_train::generate::{SampleConfig, SamplerKind};
 use nag_train::transfer::{
-    transfer_experiment_seeds, TransferConfig, TransferResult, TransferSeeds, TransferStage,
+    transfer_experiment_seeds, TransferConfig, TransferSeeds, TransferStage,
 };
 
 use crate::progress::Progress;
@@ -113,67 +113,6 @@ impl BackendTask for Task<'_> {
     }
 }
 
-/// The table as markdown.
-pub fn table(r: &TransferResult) -> String {
-    let mut s = format!(
-        "source `{}` ({} steps) → target `{}` ({} classes, {} fine-tuning steps); exact metrics \
-         under the target mixture\n\n| setting | log-density ↑ | FD ↓ | modes | label agreement |\n\
-         |---|---|---|---|---|\n",
-        r.source, r.source_steps, r.target, r.num_classes, r.finetune_steps
-    );
-    for row in std::iter::once(&r.real)
-        .chain(std::iter::once(&r.source_model))
-        .chain(&r.rows)
-    {
-        s.push_str(&format!(
-            "| {} | {:.1} | {:.2} | {}/{} | {:.2} |\n",
-            row.setting,
-            row.log_density,
-            row.fd,
-            row.modes_covered,
-            r.num_classes,
-            row.label_agreement
-        ));
-    }
-    s
-}
-
-/// The table over seeds as markdown: every row as mean ± std, then NAG's paired effect.
-pub fn seeds_table(s: &TransferSeeds) -> String {
-    let first = &s.runs[0];
-    let mut t = format!(
-        "source `{}` ({} steps) → target `{}` ({} classes, {} fine-tuning steps); exact metrics \
-         under the target mixture; mean ± std over seeds {:?}\n\n| setting | log-density ↑ | FD ↓ |\n\
-         |---|---|---|\n",
-        first.source, first.source_steps, first.target, first.num_classes, first.finetune_steps, s.seeds
-    );
-    for row in &s.rows {
-        t.push_str(&format!(
-            "| {} | {:.1} ± {:.1} | {:.2} ± {:.2} |\n",
-            row.setting, row.log_density.mean, row.log_density.std, row.fd.mean, row.fd.std
-        ));
-    }
-    t.push_str(
-        "\nNAG's effect, paired per seed (same models, noise and labels):\n\n\
-         | base | log-density gain | seeds better | FD change | seeds better |\n|---|---|---|---|---|\n",
-    );
-    for e in &s.nag_effect {
-        t.push_str(&format!(
-            "| {} | {:+.1} ± {:.1} | {}/{} | {:+.2} ± {:.2} | {}/{} |\n",
-            e.base,
-            e.log_density_gain.mean,
-            e.log_density_gain.std,
-            e.seeds_log_density_better,
-            s.seeds.len(),
-            e.fd_change.mean,
-            e.fd_change.std,
-            e.seeds_fd_better,
-            s.seeds.len()
-        ));
-    }
-    t
-}
-
 /// Runs `cargo xtask experiment transfer`.
 pub fn run(args: &TransferArgs) -> Result<()> {
     if args.source_steps == 0 || args.finetune_steps == 0 || args.steps == 0 {
@@ -220,10 +159,10 @@ pub fn run(args: &TransferArgs) -> Result<()> {
     let (json, md) = if result.runs.len() == 1 {
         (
             serde_json::to_string_pretty(&result.runs[0])?,
-            table(&result.runs[0]),
+            result.runs[0].markdown(),
         )
     } else {
-        (serde_json::to_string_pretty(&result)?, seeds_table(&result))
+        (serde_json::to_string_pretty(&result)?, result.markdown())
     };
     nag_models::checkpoint::write_atomic(&args.out.join("results.json"), |w| {
         std::io::Write::write_all(w, json.as_bytes())

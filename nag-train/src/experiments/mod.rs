@@ -2,6 +2,7 @@
 //! files: `results.json`, `table.md`, plots) out, progress as events.
 
 pub mod nag;
+pub mod oracle;
 
 pub use nag::{run_nag_experiment, NagExperimentConfig, NagExperimentEvent, NagResults};
 
