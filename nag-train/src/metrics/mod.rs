@@ -125,62 +125,21 @@ pub(crate) fn check_image_slice(x: &[f32], shape: [usize; 4]) -> Result<(), Metr
     Ok(())
 }
 
-/// Threads for the metrics' parallel loops: `available_parallelism`, at most 16.
-fn worker_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |p| p.get())
-        .clamp(1, 16)
+/// Maps `f(i)` over `0..n` on rayon's pool, in order (each `f(i)` alone decides its value, so
+/// the result does not depend on the threads).
+pub(crate) fn par_map<T: Send, F: Fn(usize) -> T + Sync + Send>(n: usize, f: F) -> Vec<T> {
+    use rayon::prelude::*;
+    (0..n).into_par_iter().map(f).collect()
 }
 
-/// Maps `f(i)` over `0..n` on up to `available_parallelism` scoped threads, in order.
-pub(crate) fn par_map<T: Send, F: Fn(usize) -> T + Sync>(n: usize, f: F) -> Vec<T> {
-    let threads = worker_threads().min(n.max(1));
-    if threads <= 1 || n < 64 {
-        return (0..n).map(f).collect();
-    }
-    let chunk = n.div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    (t * chunk..((t + 1) * chunk).min(n))
-                        .map(f)
-                        .collect::<Vec<T>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| match h.join() {
-                Ok(v) => v,
-                Err(p) => std::panic::resume_unwind(p),
-            })
-            .collect()
-    })
-}
-
-/// Runs `f(r, row)` on every `len`-long row of `data` (row `r` of the slice), on up to
-/// `available_parallelism` scoped threads.
-pub(crate) fn par_rows_mut(data: &mut [f64], len: usize, f: impl Fn(usize, &mut [f64]) + Sync) {
-    let rows = data.len() / len;
-    let threads = worker_threads();
-    if threads <= 1 || rows * len < 1 << 16 {
-        data.chunks_exact_mut(len)
-            .enumerate()
-            .for_each(|(r, row)| f(r, row));
-        return;
-    }
-    let per = rows.div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|s| {
-        for (t, block) in data.chunks_mut(per * len).enumerate() {
-            s.spawn(move || {
-                block
-                    .chunks_exact_mut(len)
-                    .enumerate()
-                    .for_each(|(r, row)| f(t * per + r, row));
-            });
-        }
-    });
+/// Runs `f(r, row)` on every `len`-long row of `data` (row `r` of the slice), on rayon's pool.
+pub(crate) fn par_rows_mut(
+    data: &mut [f64],
+    len: usize,
+    f: impl Fn(usize, &mut [f64]) + Sync + Send,
+) {
+    use rayon::prelude::*;
+    data.par_chunks_exact_mut(len)
+        .enumerate()
+        .for_each(|(r, row)| f(r, row));
 }
