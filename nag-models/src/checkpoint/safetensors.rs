@@ -254,6 +254,8 @@ pub(super) fn safetensors_in_dir(dir: &Path) -> Result<PathBuf, CheckpointError>
 
 /// Writes `sd` as a safetensors file (f32, little-endian, keys = state-dict keys) atomically.
 /// `metadata` becomes the `__metadata__` header entry (omitted when empty).
+// Hand-written, not `safetensors::serialize`: the crate orders each header entry dtype, shape,
+// offsets, this writer (since the first runs) offsets, dtype, shape; runs' files stay byte-equal.
 pub fn save_safetensors(
     sd: &StateDict,
     path: &Path,

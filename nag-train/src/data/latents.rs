@@ -145,18 +145,6 @@ fn labels_path_for(latents: &Path, given: Option<&Path>) -> Result<PathBuf, Data
         })
 }
 
-fn f16_to_f32(bits: u16) -> f32 {
-    let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exp = ((bits >> 10) & 0x1F) as i32;
-    let frac = (bits & 0x3FF) as f32;
-    sign * match exp {
-        0 => frac * 2f32.powi(-24),
-        31 if frac == 0.0 => f32::INFINITY,
-        31 => f32::NAN,
-        e => (1.0 + frac / 1024.0) * 2f32.powi(e - 15),
-    }
-}
-
 /// Latent values, their `[N, C, H, W]` shape, and labels.
 type LatentArrays = (Vec<f32>, [usize; 4], Vec<i64>);
 
@@ -188,11 +176,11 @@ fn read_safetensors(path: &Path) -> Result<LatentArrays, DataError> {
             .collect(),
         Dtype::F16 => d
             .chunks_exact(2)
-            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
         Dtype::BF16 => d
             .chunks_exact(2)
-            .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
         other => {
             return Err(DataError::bad(
@@ -375,11 +363,42 @@ mod tests {
     }
 
     #[test]
-    fn half_conversion() {
-        assert_eq!(f16_to_f32(0x3C00), 1.0);
-        assert_eq!(f16_to_f32(0xC000), -2.0);
-        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
-        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
-        assert!(f16_to_f32(0x7C00).is_infinite());
+    fn half_precision_latents_read_as_f32() {
+        use safetensors::tensor::TensorView;
+        let dir = TempDir::new("st16");
+        let (latents, labels) = fixture();
+        // The fixture's values (multiples of 1/4 in [−3, 9)) are exact in f16 and bf16.
+        let lab: Vec<u8> = labels.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for (dtype, bytes) in [
+            (
+                Dtype::F16,
+                latents
+                    .iter()
+                    .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            ),
+            (
+                Dtype::BF16,
+                latents
+                    .iter()
+                    .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+            ),
+        ] {
+            let views = vec![
+                (
+                    "latents",
+                    TensorView::new(dtype, vec![3, 4, 2, 2], &bytes).unwrap(),
+                ),
+                (
+                    "labels",
+                    TensorView::new(Dtype::I64, vec![3], &lab).unwrap(),
+                ),
+            ];
+            let path = dir.join(&format!("{dtype:?}.safetensors"));
+            std::fs::write(&path, safetensors::serialize(views, &None).unwrap()).unwrap();
+            let ds = open_dataset(path.to_str().unwrap(), &DataOptions::default()).unwrap();
+            check(ds.as_ref(), &latents, &labels);
+        }
     }
 }
