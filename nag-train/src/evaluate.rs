@@ -15,34 +15,20 @@ use burn::tensor::Tensor;
 use serde::Serialize;
 
 use crate::data::real_items::{load_items, pick_indices};
-use crate::data::{open_dataset, DataError, DataOptions, Dataset, GmmDataset};
-use crate::generate::{load_model, GenerateError, SampleConfig, Sampled, SamplerKind};
+use crate::data::{open_dataset, DataOptions, Dataset, GmmDataset};
+use crate::generate::{load_model, SampleConfig, Sampled, SamplerKind};
 use crate::metrics::features::{
     feature_model_exists, train_feature_net, FeatureExtractor, FeatureProgress, FeatureTrainConfig,
 };
 use crate::metrics::gmm_metrics::{gmm_dataset_for, gmm_metrics};
 use crate::metrics::inception::{InceptionV3, INCEPTION_DIM};
-use crate::metrics::{frechet_distance, prdc, FeatureStats, MetricsError};
+use crate::metrics::{frechet_distance, prdc, FeatureStats};
 use crate::oracle::Oracle;
 use nag_core::guidance::Guidance;
 use nag_models::dit::TimeInput;
 
-/// Errors of the pipeline.
-#[derive(Debug, thiserror::Error)]
-pub enum EvalError {
-    /// A bad option, run folder or combination.
-    #[error("{0}")]
-    Config(String),
-    /// Loading or sampling the model.
-    #[error(transparent)]
-    Generate(#[from] GenerateError),
-    /// The feature classifier, InceptionV3 or a metric.
-    #[error(transparent)]
-    Metrics(#[from] MetricsError),
-    /// The run's dataset.
-    #[error(transparent)]
-    Data(#[from] DataError),
-}
+/// Errors of the `eval` pipeline.
+pub type EvalError = crate::PipelineError;
 
 /// What is evaluated.
 pub enum EvalModel<'a> {

@@ -36,6 +36,7 @@ pub mod classifier_nag;
 pub mod data;
 pub mod device_check;
 pub mod ema;
+mod error;
 pub mod estimator;
 pub mod evaluate;
 pub mod experiments;
@@ -57,6 +58,8 @@ pub mod study;
 pub mod train;
 pub mod transfer;
 pub mod vae_codec;
+
+pub use error::PipelineError;
 
 /// An error and its chain of causes in one line, `outer: cause: root` (as `anyhow`'s `{:#}`
 /// prints them), for errors that must travel as text.

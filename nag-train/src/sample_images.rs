@@ -10,13 +10,13 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use nag_core::guidance::Guidance;
 use nag_models::dit::{Dit, DitConfig, DitHints, TimeInput};
-use nag_models::vae::{Vae, VaeError};
+use nag_models::vae::Vae;
 
 use crate::data::Dataset;
 use crate::generate::{load_model, GenerateError, SampleConfig, Sampled, SamplerKind};
-use crate::image::{make_labelled_grid, save_png_grid_with, GridOptions, ImageError};
-use crate::oracle::{OracleConfigError, OracleSpec};
-use crate::sample_set::{sample_set, LabelMode, SampleSetError, SampleSetSpec, SampleSetSummary};
+use crate::image::{make_labelled_grid, save_png_grid_with, GridOptions};
+use crate::oracle::OracleSpec;
+use crate::sample_set::{sample_set, LabelMode, SampleSetSpec, SampleSetSummary};
 use crate::sampling::FixedVariance;
 use crate::vae_codec::decode_latents;
 
@@ -170,28 +170,8 @@ pub enum SampleOutcome {
     Npz(SampleSetSummary),
 }
 
-/// Errors of [`sample_images`].
-#[derive(Debug, thiserror::Error)]
-pub enum SampleImagesError {
-    /// A bad option, or a model or file that cannot be used.
-    #[error("{0}")]
-    Config(String),
-    /// The oracle's options.
-    #[error(transparent)]
-    Oracle(#[from] OracleConfigError),
-    /// Loading or sampling the model.
-    #[error(transparent)]
-    Generate(#[from] GenerateError),
-    /// The VAE.
-    #[error(transparent)]
-    Vae(#[from] VaeError),
-    /// The `.npz` sample set.
-    #[error(transparent)]
-    SampleSet(#[from] SampleSetError),
-    /// Writing the grid.
-    #[error(transparent)]
-    Image(#[from] ImageError),
-}
+/// Errors of the `sample` pipeline.
+pub type SampleImagesError = crate::PipelineError;
 
 fn bad<T>(msg: String) -> Result<T, SampleImagesError> {
     Err(SampleImagesError::Config(msg))

@@ -22,36 +22,16 @@ use serde::{Deserialize, Serialize};
 use crate::classifier_nag::ClassifierNag;
 use crate::data::{open_gmm, DataOptions, Dataset, GmmDataset};
 use crate::estimator::load_estimator;
-use crate::generate::{load_model, sample_with, GenerateError, SampleConfig, Sampled, SamplerKind};
+use crate::generate::{load_model, sample_with, SampleConfig, Sampled, SamplerKind};
 use crate::metrics::gmm_metrics::{fd_to_mixture, gmm_metrics};
-use crate::metrics::{par_map, MetricsError};
-use crate::oracle::{NagForm, Oracle, OracleConfigError, OracleError, OracleModel};
+use crate::metrics::par_map;
+use crate::oracle::{NagForm, Oracle, OracleError, OracleModel};
 use crate::sampling::{FixedVariance, StepInfo};
-use crate::shift::{Calibration, ExactMeter, ShiftError, ShiftRecorder, ShiftStep};
+use crate::shift::{Calibration, ExactMeter, ShiftRecorder, ShiftStep};
 use crate::train::{ObjectiveKind, TrainConfig};
 
-/// Errors of the study.
-#[derive(Debug, thiserror::Error)]
-pub enum StudyError {
-    /// A bad option or run.
-    #[error("{0}")]
-    Config(String),
-    /// The oracle's options.
-    #[error(transparent)]
-    Oracle(#[from] OracleConfigError),
-    /// Sampling.
-    #[error(transparent)]
-    Generate(#[from] GenerateError),
-    /// The shift measurement.
-    #[error(transparent)]
-    Shift(#[from] ShiftError),
-    /// The metrics.
-    #[error(transparent)]
-    Metrics(#[from] MetricsError),
-    /// The data.
-    #[error(transparent)]
-    Data(#[from] crate::data::DataError),
-}
+/// Errors of the oracle study.
+pub type StudyError = crate::PipelineError;
 
 /// What to measure.
 #[derive(Debug, Clone)]

@@ -20,10 +20,9 @@ use nag_core::guidance::Guidance;
 use serde::Serialize;
 
 use crate::data::{open_gmm, DataOptions, Dataset};
-use crate::generate::{load_model, GenerateError, SampleConfig, Sampled};
+use crate::generate::{load_model, SampleConfig, Sampled};
 use crate::metrics::gmm_metrics::{fd_to_mixture, gmm_metrics};
-use crate::metrics::MetricsError;
-use crate::train::{finished_run, train, Progress, TrainConfig, TrainError, TrainEvent};
+use crate::train::{finished_run, train, Progress, TrainConfig, TrainEvent};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -84,25 +83,8 @@ pub struct TransferResult {
     pub num_classes: usize,
 }
 
-/// Errors of [`transfer_experiment`].
-#[derive(Debug, thiserror::Error)]
-pub enum TransferError {
-    /// An option that cannot work.
-    #[error("{0}")]
-    Config(String),
-    /// Training failed.
-    #[error(transparent)]
-    Train(#[from] TrainError),
-    /// Sampling failed.
-    #[error(transparent)]
-    Generate(#[from] GenerateError),
-    /// A metric failed.
-    #[error(transparent)]
-    Metrics(#[from] MetricsError),
-    /// The data spec.
-    #[error(transparent)]
-    Data(#[from] crate::data::DataError),
-}
+/// Errors of the transfer experiment.
+pub type TransferError = crate::PipelineError;
 
 /// Where the experiment is.
 #[derive(Debug, Clone, Copy)]

@@ -13,16 +13,16 @@ use nag_models::dit::TimeInput;
 use serde::Serialize;
 
 use super::{
-    run_schedule, Calibration, EstimatorMeter, ExactMeter, LateShift, NoiseMeter, ShiftError,
-    ShiftRecorder, ShiftStep,
+    run_schedule, Calibration, EstimatorMeter, ExactMeter, LateShift, NoiseMeter, ShiftRecorder,
+    ShiftStep,
 };
 use crate::data::real_items::{load_items, pick_indices};
 use crate::data::{open_dataset, open_gmm, DataOptions, Dataset};
-use crate::generate::{load_model, GenerateError, SampleConfig, Sampled, SamplerKind};
-use crate::image::{ImageError, LinePlot};
-use crate::oracle::{OracleConfigError, OracleSpec};
+use crate::generate::{load_model, SampleConfig, Sampled, SamplerKind};
+use crate::image::LinePlot;
+use crate::oracle::OracleSpec;
 use crate::sampling::{FixedVariance, StepInfo};
-use crate::train::{write_atomic, ObjectiveKind, TrainConfig, TrainError};
+use crate::train::{write_atomic, ObjectiveKind, TrainConfig};
 
 /// The model whose trajectories are measured.
 #[derive(Debug, Clone)]
@@ -108,31 +108,8 @@ pub struct TrajectoryShiftReport {
     pub settings: Vec<Setting>,
 }
 
-/// Errors of [`measure_trajectory_shift`].
-#[derive(Debug, thiserror::Error)]
-pub enum TrajectoryError {
-    /// A bad option, or a run folder that cannot be used.
-    #[error("{0}")]
-    Config(String),
-    /// The oracle's options.
-    #[error(transparent)]
-    Oracle(#[from] OracleConfigError),
-    /// Loading or sampling the model.
-    #[error(transparent)]
-    Generate(#[from] GenerateError),
-    /// The run's data.
-    #[error(transparent)]
-    Data(#[from] crate::data::DataError),
-    /// The measurement.
-    #[error(transparent)]
-    Shift(#[from] ShiftError),
-    /// Writing `shift.json`.
-    #[error(transparent)]
-    Write(#[from] TrainError),
-    /// Writing `shift.png`.
-    #[error(transparent)]
-    Image(#[from] ImageError),
-}
+/// Errors of the `shift --run` measurement.
+pub type TrajectoryError = crate::PipelineError;
 
 /// Reads a run's stored training config.
 fn run_config(run: &Path) -> Result<TrainConfig, TrajectoryError> {
