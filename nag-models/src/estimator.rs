@@ -366,12 +366,7 @@ impl<B: Backend> NoiseEstimator<B> {
             .y_embedder
             .map(|y| y.import(&ld, "y_embedder"))
             .transpose()?;
-        let blocks = self
-            .blocks
-            .into_iter()
-            .enumerate()
-            .map(|(i, b)| b.import(&ld, &format!("blocks.{i}")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let blocks = DitBlock::import_all(self.blocks, &ld)?;
         Ok(Self {
             x_embedder,
             pos_embed: ld.param("pos_embed", self.pos_embed, false)?,

@@ -461,12 +461,7 @@ impl<B: Backend> Dit<B> {
             .y_embedder
             .map(|y| y.import(&ld, "y_embedder"))
             .transpose()?;
-        let blocks = self
-            .blocks
-            .into_iter()
-            .enumerate()
-            .map(|(i, b)| b.import(&ld, &format!("blocks.{i}")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let blocks = DitBlock::import_all(self.blocks, &ld)?;
         let model = Self {
             x_embedder: self.x_embedder.import(&ld, "x_embedder")?,
             pos_embed: ld.param("pos_embed", self.pos_embed, false)?,
@@ -547,6 +542,15 @@ impl<B: Backend> DitBlock<B> {
             &join(prefix, "adaLN_modulation.1"),
             &self.ada_ln_modulation,
         );
+    }
+
+    /// Every block `blocks.{i}` of a checkpoint, in order.
+    pub(crate) fn import_all(blocks: Vec<Self>, ld: &Loader) -> Result<Vec<Self>, CheckpointError> {
+        blocks
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| b.import(ld, &format!("blocks.{i}")))
+            .collect()
     }
 
     pub(crate) fn import(self, ld: &Loader, prefix: &str) -> Result<Self, CheckpointError> {
