@@ -13,6 +13,7 @@ use nag_train::shift::{
     TrajectoryShiftReport,
 };
 
+use crate::progress::Progress;
 use crate::shift::ShiftArgs;
 
 /// Runs the trajectory mode.
@@ -66,12 +67,34 @@ struct Task<'a> {
 impl BackendTask for Task<'_> {
     type Output = Result<TrajectoryShiftReport>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TrajectoryShiftReport> {
+        let mut bar: Option<Progress> = None;
         let report =
             measure_trajectory_shift::<B::InnerBackend>(self.cfg, &device, |event| match event {
+                TrajectoryShiftEvent::Step {
+                    setting,
+                    settings,
+                    step,
+                    steps,
+                } => {
+                    // (Adaptive ODE runs have no step count: no bar, the setting lines remain.)
+                    if steps > 0 {
+                        let b = bar.get_or_insert_with(|| {
+                            Progress::new((settings * steps) as u64, "sampler steps")
+                        });
+                        b.set((setting * steps + step) as u64);
+                    }
+                }
                 TrajectoryShiftEvent::Measured { name, seconds } => {
-                    eprintln!("measured '{name}' in {seconds:.1}s")
+                    let line = format!("measured '{name}' in {seconds:.1}s");
+                    match &bar {
+                        Some(b) => b.println(line),
+                        None => eprintln!("{line}"),
+                    }
                 }
             })?;
+        if let Some(b) = &bar {
+            b.finish();
+        }
         Ok(report)
     }
 }

@@ -63,6 +63,17 @@ pub struct TrajectoryShiftConfig {
 /// Progress of [`measure_trajectory_shift`].
 #[derive(Debug, Clone)]
 pub enum TrajectoryShiftEvent {
+    /// A sampler step of one setting's trajectories.
+    Step {
+        /// Index of the setting.
+        setting: usize,
+        /// Number of settings.
+        settings: usize,
+        /// Steps done in this setting.
+        step: usize,
+        /// Steps per setting.
+        steps: usize,
+    },
     /// One setting's trajectories are measured.
     Measured {
         /// The setting.
@@ -137,11 +148,19 @@ pub fn measure<B: Backend>(
     on_event: &mut dyn FnMut(TrajectoryShiftEvent),
 ) -> Result<Vec<Setting>, TrajectoryError> {
     let mut out = Vec::new();
-    for (name, g) in settings {
+    for (index, (name, g)) in settings.iter().enumerate() {
         let t0 = Instant::now();
         let mut rec = ShiftRecorder::new(meter, labels).with_calibration(calibration);
         {
-            let mut cb = |info: StepInfo<B>| rec.observe(info);
+            let mut cb = |info: StepInfo<B>| {
+                on_event(TrajectoryShiftEvent::Step {
+                    setting: index,
+                    settings: settings.len(),
+                    step: info.step + 1,
+                    steps: sample.steps,
+                });
+                rec.observe(info)
+            };
             model.generate(labels, *g, sample, Some(&mut cb))?;
         }
         let trace = rec.finish()?;
