@@ -1,9 +1,7 @@
 //! `cargo xtask estimator`: train the noise-level estimator `g_φ(τ | x)` and validate it against
 //! the exact posterior of the built-in Gaussian-mixture data.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
@@ -13,6 +11,8 @@ use nag_train::estimator::{
     load_estimator, train_estimator, validate_on_gmm, EstimatorProgress, EstimatorSummary,
     EstimatorTrainConfig, ValidationReport,
 };
+
+use crate::progress::Progress;
 
 /// The `estimator` subcommands.
 #[derive(Debug, Subcommand)]
@@ -152,26 +152,16 @@ struct TrainTask<'a> {
 impl BackendTask for TrainTask<'_> {
     type Output = Result<EstimatorSummary>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let start = Instant::now();
+        let mut bar: Option<Progress> = None;
         let summary =
             train_estimator::<B>(&self.cfg, self.out, &device, |p: EstimatorProgress| {
-                let rate = p.step as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                let eta = (p.total - p.step) as f64 / rate.max(1e-9);
-                let width = 30;
-                let filled = (width as u64 * p.step / p.total) as usize;
-                eprint!(
-                    "\r[{}{}] {}/{} cross-entropy {:.4} {:.1} steps/s ETA {:.0}s   ",
-                    "#".repeat(filled),
-                    ".".repeat(width - filled),
-                    p.step,
-                    p.total,
-                    p.loss,
-                    rate,
-                    eta
-                );
-                let _ = std::io::stderr().flush();
+                let b = bar.get_or_insert_with(|| Progress::new(p.total, "steps"));
+                b.set(p.step);
+                b.message(format!("cross-entropy {:.4}", p.loss));
             })?;
-        eprintln!();
+        if let Some(b) = &bar {
+            b.finish();
+        }
         Ok(summary)
     }
 }
