@@ -148,27 +148,9 @@ pub struct TrainArgs {
     pub keep_checkpoints: Option<usize>,
 }
 
-/// The built-in default: a `tiny` DiT on 16-px `shapes`, sized to finish in a few minutes on
-/// two CPU cores.
+/// The built-in default ([`TrainConfig::main_job`]), which `--help` prints.
 pub fn default_config() -> TrainConfig {
-    TrainConfig {
-        data: "shapes".into(),
-        model: "tiny".into(),
-        steps: 1500,
-        batch: 32,
-        // Two micro-batches of 16, computed on two threads (`--threads`) on a CPU.
-        grad_accum: 2,
-        // At 5e-4 the `tiny` model has barely begun to use the label after 1500 steps (its
-        // ε-error with the true label is within 7 % of the null label's at k = 300); at 2e-3
-        // it is under half (PyTorch cross-check, docs/torch_shapes_check.py).
-        lr: 2e-3,
-        warmup: 100,
-        grad_clip: Some(1.0),
-        ema_decay: 0.999,
-        checkpoint_every: 500,
-        log_every: 10,
-        ..TrainConfig::default()
-    }
+    TrainConfig::main_job()
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Result<T> {
