@@ -1,5 +1,8 @@
 //! Reading and writing NumPy `.npy` files (format versions 1.0, 2.0 and 3.0).
 //!
+//! Hand-written because the crates do not bound files from strangers: npyz 0.9 panics when a
+//! shape's product overflows and ndarray-npy 0.10 allocates the declared array before reading.
+//!
 //! Supported element types: `f4`/`f8`/`f2` (read as f32), `i1`/`i2`/`i4`/`i8`/`u1`/`u2`/`u4`
 //! (read as i64; `u8` too when every value fits) and `b1` (bool), in either byte order, C order
 //! only. The conversions between the three in-memory kinds ([`NpyArray::into_f32`],

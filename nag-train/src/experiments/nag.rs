@@ -466,11 +466,11 @@ fn write_outputs(out: &Path, r: &NagResults) -> Result<(), ExperimentError> {
     let grid = side_by_side(&[
         panel("late noise shift", "delta (tau < 0.2)", &|row| {
             row.late_delta
-        }),
-        panel("Frechet distance", "FD", &|row| row.fd),
-        panel("log-density", "nats", &|row| row.log_density),
-        panel("precision", "precision", &|row| row.precision),
-        panel("recall", "recall", &|row| row.recall),
+        })?,
+        panel("Frechet distance", "FD", &|row| row.fd)?,
+        panel("log-density", "nats", &|row| row.log_density)?,
+        panel("precision", "precision", &|row| row.precision)?,
+        panel("recall", "recall", &|row| row.recall)?,
     ]);
     write_atomic(&out.join("sweep.png"), &grid.encode_png()?)?;
     Ok(())

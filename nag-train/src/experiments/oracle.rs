@@ -134,9 +134,9 @@ pub fn write_outputs(out: &Path, s: &OracleStudy, command: &str) -> Result<(), E
     let sweep = side_by_side(&[
         panel("excess noise shift, last 20 %", "excess delta", &|r| {
             r.excess_delta_late
-        }),
-        panel("exact log-density", "nats", &|r| r.log_density),
-        panel("FD to the exact moments", "FD", &|r| r.fd),
+        })?,
+        panel("exact log-density", "nats", &|r| r.log_density)?,
+        panel("FD to the exact moments", "FD", &|r| r.fd)?,
     ]);
     write_atomic(&out.join("sweep.png"), &sweep.encode_png()?)?;
     // Against the number of steps, one series per setting but the steps.
@@ -188,14 +188,14 @@ pub fn write_outputs(out: &Path, s: &OracleStudy, command: &str) -> Result<(), E
                 "excess delta",
                 Some(0.0),
                 &|r| r.excess_delta_late,
-            ),
+            )?,
             panel(
                 "exact log-density",
                 "nats",
                 Some(s.real.log_density),
                 &|r| r.log_density,
-            ),
-            panel("FD to the exact moments", "FD", Some(s.real.fd), &|r| r.fd),
+            )?,
+            panel("FD to the exact moments", "FD", Some(s.real.fd), &|r| r.fd)?,
         ]);
         write_atomic(&out.join("steps.png"), &img.encode_png()?)?;
     }

@@ -1,8 +1,8 @@
 //! Labels around an image grid: one per row in a left margin, one per column in a top margin,
-//! in the built-in font (e.g. the guidance of each row and the class of each column of
+//! (e.g. the guidance of each row and the class of each column of
 //! `sample --compare`).
 
-use super::{draw_text, make_grid, text_width, GridOptions, ImageError, RgbImage};
+use super::{draw_text, make_grid, text_size, GridOptions, ImageError, RgbImage};
 
 /// Label colour: light gray, readable on the grid's dark padding.
 const INK: [u8; 3] = [230, 230, 230];
@@ -31,21 +31,34 @@ pub fn make_labelled_grid(
     }
     let u = opts.upscale.max(1);
     let (cell_w, cell_h, pad) = (w * u, h * u, opts.padding * u);
-    // Text twice the font size where the cells are tall enough to carry it.
-    let s = if cell_h >= 28 { 2 } else { 1 };
-    let gap = 3 * s;
-    let widest = rows
-        .iter()
-        .map(String::as_str)
-        .chain([corner])
-        .map(|t| text_width(t, s))
-        .max()
-        .unwrap_or(0);
+    // The largest text size whose column labels fit their cells: up to 20 px where the cells
+    // are tall enough to carry it, else 11 px; 9 px at least.
+    let sizes: &[u32] = if cell_h >= 28 {
+        &[20, 16, 13, 11, 9]
+    } else {
+        &[11, 9]
+    };
+    let mut size = 9;
+    for &s in sizes {
+        if cols.iter().try_fold(true, |fit, c| {
+            Ok::<_, ImageError>(fit && text_size(c, s)?.0 <= cell_w)
+        })? {
+            size = s;
+            break;
+        }
+    }
+    let gap = size as usize / 4 + 2;
+    let mut widest = 0;
+    let mut line_h = text_size("Ag", size)?.1;
+    for t in rows.iter().map(String::as_str).chain([corner]) {
+        let (tw, th) = text_size(t, size)?;
+        (widest, line_h) = (widest.max(tw), line_h.max(th));
+    }
     let left = widest + 2 * gap;
     let top = if cols.is_empty() && corner.is_empty() {
         0
     } else {
-        7 * s + 2 * gap
+        line_h + 2 * gap
     };
     let background = [opts.pad_value; 3];
     let mut out = RgbImage::new(grid.width + left, grid.height + top, background);
@@ -55,15 +68,17 @@ pub fn make_labelled_grid(
         out.data[to..to + grid.width * 3].copy_from_slice(&grid.data[from..from + grid.width * 3]);
     }
     let step = |cell: usize| cell + pad;
+    let at = |x: usize, y: usize| (x as i32, y as i32);
     for (r, label) in rows.iter().enumerate() {
-        let y = top + pad + r * step(cell_h) + cell_h.saturating_sub(7 * s) / 2;
-        draw_text(&mut out, gap as i64, y as i64, label, s, INK);
+        let y = top + pad + r * step(cell_h) + cell_h.saturating_sub(line_h) / 2;
+        draw_text(&mut out, at(gap, y), label, size, INK)?;
     }
     for (c, label) in cols.iter().enumerate() {
-        let x = left + pad + c * step(cell_w) + cell_w.saturating_sub(text_width(label, s)) / 2;
-        draw_text(&mut out, x as i64, gap as i64, label, s, INK);
+        let tw = text_size(label, size)?.0;
+        let x = left + pad + c * step(cell_w) + cell_w.saturating_sub(tw) / 2;
+        draw_text(&mut out, at(x, gap), label, size, INK)?;
     }
-    draw_text(&mut out, gap as i64, gap as i64, corner, s, INK);
+    draw_text(&mut out, at(gap, gap), corner, size, INK)?;
     Ok(out)
 }
 
@@ -90,9 +105,14 @@ mod tests {
         let rows = strings(&["none", "CFG 4 + NAG 3"]);
         let cols = strings(&["0", "1", "2"]);
         let img = make_labelled_grid(&images, shape, &opts, &rows, &cols, "class").unwrap();
-        let (s, gap) = (2, 6);
-        let left = text_width("CFG 4 + NAG 3", s) + 2 * gap;
-        let top = 7 * s + 2 * gap;
+        // The margins are the widest row label and one line of text, each with a gap around.
+        let (size, gap) = (20, 7);
+        let left = text_size("CFG 4 + NAG 3", size).unwrap().0 + 2 * gap;
+        let top = img.height - plain.height;
+        assert!(
+            top >= text_size("class", size).unwrap().1 + 2 * gap,
+            "top {top}"
+        );
         assert_eq!(
             (img.width, img.height),
             (plain.width + left, plain.height + top)
@@ -101,12 +121,15 @@ mod tests {
             let i = (y * im.width + x) * 3;
             [im.data[i], im.data[i + 1], im.data[i + 2]]
         };
-        for (x, y) in [(0, 0), (17, 40), (plain.width - 1, plain.height - 1)] {
-            assert_eq!(px(&img, x + left, y + top), px(&plain, x, y));
+        for y in 0..plain.height {
+            for x in 0..plain.width {
+                assert_eq!(px(&img, x + left, y + top), px(&plain, x, y), "({x}, {y})");
+            }
         }
-        // Ink in each row's band of the left margin and above each column, nowhere else there.
+        // Ink in each row's band of the left margin and above each column.
+        let background = [GridOptions::default().pad_value; 3];
         let inked = |x0: usize, x1: usize, y0: usize, y1: usize| {
-            (y0..y1).any(|y| (x0..x1).any(|x| px(&img, x, y) == INK))
+            (y0..y1).any(|y| (x0..x1).any(|x| px(&img, x, y) != background))
         };
         let row_h = (8 + 2) * 4;
         for r in 0..2 {
@@ -117,10 +140,6 @@ mod tests {
             let x0 = left + 8 + c * row_h;
             assert!(inked(x0, x0 + 32, 0, top), "column {c} label");
         }
-        assert!(
-            !inked(left, img.width, top, img.height),
-            "no ink on the grid"
-        );
         let wrong = make_labelled_grid(&images, shape, &opts, &rows[..1], &cols, "");
         assert!(wrong.unwrap_err().to_string().contains("1 row"));
     }

@@ -4,11 +4,10 @@
 //! Grids take `N×C×H×W` `f32` in `[−1, 1]` (mapped to `round((x+1)·127.5)`, clamped), with
 //! `C = 1` (gray) or `C = 3` (RGB). Other channel counts (e.g. 4-channel latents) are an error
 //! unless [`GridOptions::first3`] asks for a preview of the first three channels, each image
-//! min-max normalised. Text in plots uses a built-in 5×7 bitmap font (ASCII upper case,
-//! digits, punctuation; lower case is drawn upper case, unknown characters as `?`).
+//! min-max normalised. Plots and labels are drawn by `plotters` in DejaVu Sans.
 //!
-//! Layout: images, PNG files and grids here; the bitmap font in `text.rs`; line plots in
-//! `plot.rs`; row and column labels around a grid in `grid_labels.rs`.
+//! Layout: images, PNG files and grids here; text in `text.rs`; line plots in `plot.rs`; row
+//! and column labels around a grid in `grid_labels.rs`.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +17,7 @@ mod text;
 
 pub use grid_labels::make_labelled_grid;
 pub use plot::{format_number, LinePlot, Series, PALETTE};
-pub use text::{draw_text, text_width};
+pub use text::{draw_text, text_size};
 
 /// Errors from image and plot output.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +34,9 @@ pub enum ImageError {
     /// Inconsistent sizes or unsupported channel counts.
     #[error("image shape: {0}")]
     Shape(String),
+    /// Drawing a plot or text failed.
+    #[error("drawing: {0}")]
+    Draw(String),
 }
 
 /// An 8-bit RGB image, row-major interleaved `[H, W, 3]`.
@@ -250,7 +252,6 @@ pub fn save_png_grid_with(
 
 #[cfg(test)]
 mod tests {
-    use super::plot::nice_ticks;
     use super::*;
     use crate::data::testutil::TempDir;
 
@@ -323,11 +324,16 @@ mod tests {
         assert!(count(PALETTE[0]) > 100, "series drawn");
         assert!(count([1, 2, 3]) > 100, "coloured series drawn");
         assert!(count([0, 0, 0]) > 500, "axes and text drawn");
+        let ticks = super::plot::log_ticks(0.02, 1.0);
+        assert_eq!(ticks.len(), 6, "1-2-5 ticks over 0.02..1: {ticks:?}");
+        assert!((ticks[0] - 0.02).abs() < 1e-12 && (ticks[5] - 1.0).abs() < 1e-12);
+        assert_eq!(super::plot::log_ticks(1e-6, 1.0).len(), 7, "decades only");
+        assert_eq!(super::plot::log_ticks(2.0, 4.0).len(), 3, "every multiple");
         // Empty and degenerate plots still render.
         LinePlot::new("empty").save(&path).unwrap();
         let mut one = LinePlot::new("one point");
         one.add_series("p", vec![(1.0, 1.0)]);
-        assert_eq!(one.render().width, 640);
+        assert_eq!(one.render().unwrap().width, 640);
     }
 
     #[test]
@@ -369,18 +375,14 @@ mod tests {
     }
 
     #[test]
-    fn number_formatting_and_ticks() {
+    fn number_formatting_and_text_size() {
         assert_eq!(format_number(0.0), "0");
         assert_eq!(format_number(0.25), "0.25");
         assert_eq!(format_number(1234.4), "1234");
         assert_eq!(format_number(-2.0), "-2");
         assert_eq!(format_number(1.5e-5), "1.5e-5");
-        let t = nice_ticks(0.0, 1.0);
-        assert_eq!(t.len(), 6);
-        assert!(t
-            .iter()
-            .enumerate()
-            .all(|(k, v)| (v - 0.2 * k as f64).abs() < 1e-12));
-        assert_eq!(text_width("AB", 1), 11);
+        let (w1, h1) = text_size("AB", 12).unwrap();
+        let (w2, h2) = text_size("AB", 24).unwrap();
+        assert!(w1 > 0 && h1 > 0 && w2 > w1 && h2 > h1, "{w1}×{h1}, {w2}×{h2}");
     }
 }

@@ -1,9 +1,15 @@
-//! A minimal line-plot renderer ([`LinePlot`]): axes, ticks, labels, legend, linear or log y,
-//! rendered to an [`RgbImage`] and saved as PNG.
+//! Line plots ([`LinePlot`]): a description of the axes and series, drawn by `plotters` (axes
+//! with ticks and labels, light grid, legend, linear or log y) into an [`RgbImage`] and saved
+//! as PNG.
 
+use std::ops::Range;
 use std::path::Path;
 
-use super::text::{draw_text, text_width};
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::text::{draw_error, ensure_font, FONT};
 use super::{ImageError, RgbImage};
 
 /// Default series colours (matplotlib's tab10).
@@ -32,11 +38,11 @@ pub struct Series {
     pub color: Option<[u8; 3]>,
 }
 
-/// A minimal line plot: axes with tick labels, light grid, several labelled series, title and
+/// A line plot: axes with tick labels, light grid, several labelled series, title and
 /// axis labels, optional log-scale y.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinePlot {
-    /// Title (drawn at twice the text size).
+    /// Title.
     pub title: String,
     /// Label under the x axis.
     pub x_label: String,
@@ -75,18 +81,21 @@ pub fn format_number(v: f64) -> String {
     }
 }
 
-/// "Nice" tick values covering `[lo, hi]` (about five, at 1/2/5 × 10^k steps).
-pub(super) fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
-    let raw = (hi - lo) / 5.0;
-    let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
-        .iter()
-        .map(|m| m * mag)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * mag);
-    let first = (lo / step).ceil() as i64;
-    let last = (hi / step).floor() as i64;
-    (first..=last).map(|k| k as f64 * step).collect()
+/// Ticks of a log axis over `[lo, hi]` (`0 < lo < hi`): 1, 2 and 5 per decade, only the
+/// decades where that gives more than 8, every integer multiple where it gives fewer than 3.
+pub(super) fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let (first, last) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    let pick = |multiples: &[f64]| -> Vec<f64> {
+        (first..=last)
+            .flat_map(|k| multiples.iter().map(move |m| m * 10f64.powi(k)))
+            .filter(|&t| t >= lo * (1.0 - 1e-9) && t <= hi * (1.0 + 1e-9))
+            .collect()
+    };
+    match pick(&[1.0, 2.0, 5.0]) {
+        fine if fine.len() > 8 => pick(&[1.0]),
+        fine if fine.len() < 3 => pick(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]),
+        fine => fine,
+    }
 }
 
 impl LinePlot {
@@ -129,31 +138,36 @@ impl LinePlot {
         self
     }
 
-    fn ty(&self, y: f64) -> Option<f64> {
-        match (self.log_y, y.is_finite()) {
-            (true, true) if y > 0.0 => Some(y.log10()),
-            (false, true) => Some(y),
-            _ => None,
+    /// The points of `s` that can be drawn, split where a point cannot be (non-finite, or
+    /// `y ≤ 0` on a log axis).
+    fn segments(&self, s: &Series) -> Vec<Vec<(f64, f64)>> {
+        let mut out = vec![Vec::new()];
+        for &(x, y) in &s.points {
+            if x.is_finite() && y.is_finite() && (!self.log_y || y > 0.0) {
+                out.last_mut().expect("never empty").push((x, y));
+            } else if !out.last().expect("never empty").is_empty() {
+                out.push(Vec::new());
+            }
         }
+        out.retain(|seg| !seg.is_empty());
+        out
     }
 
-    /// Renders the plot.
-    pub fn render(&self) -> RgbImage {
-        let (white, black, grid_c) = ([255u8; 3], [0u8; 3], [225u8; 3]);
-        let mut img = RgbImage::new(self.width.max(64), self.height.max(48), white);
+    /// The axes' ranges: x fits the data, y is [`LinePlot::y_range`] or fits the data with 5 %
+    /// headroom (in log space on a log axis); a degenerate range is widened.
+    fn ranges(&self) -> ((f64, f64), (f64, f64)) {
         let pts: Vec<(f64, f64)> = self
             .series
             .iter()
-            .flat_map(|s| s.points.iter())
-            .filter(|(x, _)| x.is_finite())
-            .filter_map(|&(x, y)| self.ty(y).map(|y| (x, y)))
+            .flat_map(|s| self.segments(s))
+            .flatten()
             .collect();
-        let fold = |f: fn(&(f64, f64)) -> f64| {
-            pts.iter()
-                .map(f)
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-                    (a.min(v), b.max(v))
-                })
+        let to = |y: f64| if self.log_y { y.log10() } else { y };
+        let from = |y: f64| if self.log_y { 10f64.powf(y) } else { y };
+        let span = |vals: &mut dyn Iterator<Item = f64>| {
+            vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            })
         };
         let widen = |(lo, hi): (f64, f64), pad: f64| {
             if !lo.is_finite() {
@@ -165,183 +179,134 @@ impl LinePlot {
                 (lo - pad * (hi - lo), hi + pad * (hi - lo))
             }
         };
-        let (x_lo, x_hi) = widen(fold(|p| p.0), 0.0);
-        let (y_lo, y_hi) = match self
+        let x = widen(span(&mut pts.iter().map(|p| p.0)), 0.0);
+        let fixed = self
             .y_range
-            .and_then(|(a, b)| Some((self.ty(a)?, self.ty(b)?)))
+            .filter(|&(a, b)| a.is_finite() && b > a && (!self.log_y || a > 0.0));
+        let y = match fixed {
+            Some(r) => r,
+            None => {
+                let (lo, hi) = widen(span(&mut pts.iter().map(|p| to(p.1))), 0.05);
+                (from(lo), from(hi))
+            }
+        };
+        (x, y)
+    }
+
+    /// The legend corner with the fewest data points under it.
+    fn legend_corner(&self, (x, y): ((f64, f64), (f64, f64))) -> SeriesLabelPosition {
+        let to = |v: f64| if self.log_y { v.log10() } else { v };
+        let (ylo, yhi) = (to(y.0), to(y.1));
+        let mut ink = [0usize; 4];
+        for (px, py) in self.series.iter().flat_map(|s| self.segments(s)).flatten() {
+            let u = (px - x.0) / (x.1 - x.0);
+            let v = (to(py) - ylo) / (yhi - ylo);
+            let (right, upper) = (u > 0.55, v > 0.55);
+            let (left, lower) = (u < 0.45, v < 0.45);
+            for (k, hit) in [upper && right, upper && left, lower && right, lower && left]
+                .into_iter()
+                .enumerate()
+            {
+                ink[k] += hit as usize;
+            }
+        }
+        let corners = [
+            SeriesLabelPosition::UpperRight,
+            SeriesLabelPosition::UpperLeft,
+            SeriesLabelPosition::LowerRight,
+            SeriesLabelPosition::LowerLeft,
+        ];
+        let best = (0..4).min_by_key(|&k| ink[k]).unwrap_or(0);
+        corners[best].clone()
+    }
+
+    /// Renders the plot.
+    pub fn render(&self) -> Result<RgbImage, ImageError> {
+        ensure_font()?;
+        let (w, h) = (self.width.max(64), self.height.max(48));
+        let mut img = RgbImage::new(w, h, [255; 3]);
         {
-            Some((a, b)) if b > a => (a, b),
-            _ => widen(fold(|p| p.1), 0.05),
-        };
-        let label = |v: f64| format_number(if self.log_y { 10f64.powf(v) } else { v });
-        let y_ticks = if self.log_y && y_hi - y_lo >= 1.0 {
-            (y_lo.ceil() as i64..=y_hi.floor() as i64)
-                .map(|k| k as f64)
-                .collect()
-        } else if self.log_y {
-            let lin = nice_ticks(10f64.powf(y_lo), 10f64.powf(y_hi));
-            lin.into_iter()
-                .filter(|&v| v > 0.0)
-                .map(f64::log10)
-                .collect()
-        } else {
-            nice_ticks(y_lo, y_hi)
-        };
-        let x_ticks = nice_ticks(x_lo, x_hi);
-        let tick_w = y_ticks
-            .iter()
-            .map(|&v| text_width(&label(v), 1))
-            .max()
-            .unwrap_or(0);
-        let (left, right) = (tick_w as i64 + 12, img.width as i64 - 14);
-        let (top, bottom) = (34i64, img.height as i64 - 34);
-        let px = |x: f64| left as f64 + (x - x_lo) / (x_hi - x_lo) * (right - left) as f64;
-        let py = |y: f64| bottom as f64 - (y - y_lo) / (y_hi - y_lo) * (bottom - top) as f64;
-        // Grid, ticks and tick labels.
-        for &t in &y_ticks {
-            let y = py(t).round() as i64;
-            img.fill_rect(left + 1, y, right, y + 1, grid_c);
-            img.fill_rect(left - 4, y, left, y + 1, black);
-            let s = label(t);
-            draw_text(
-                &mut img,
-                left - 6 - text_width(&s, 1) as i64,
-                y - 3,
-                &s,
-                1,
-                black,
-            );
+            let root =
+                BitMapBackend::with_buffer(&mut img.data, (w as u32, h as u32)).into_drawing_area();
+            let ranges = self.ranges();
+            let ((x_lo, x_hi), (y_lo, y_hi)) = ranges;
+            if self.log_y {
+                let y = (y_lo..y_hi)
+                    .log_scale()
+                    .with_key_points(log_ticks(y_lo, y_hi));
+                self.draw(&root, x_lo..x_hi, y, ranges)?;
+            } else {
+                self.draw(&root, x_lo..x_hi, y_lo..y_hi, ranges)?;
+            }
+            root.present().map_err(draw_error)?;
         }
-        for &t in &x_ticks {
-            let x = px(t).round() as i64;
-            img.fill_rect(x, top, x + 1, bottom, grid_c);
-            img.fill_rect(x, bottom, x + 1, bottom + 4, black);
-            let s = format_number(t);
-            draw_text(
-                &mut img,
-                x - text_width(&s, 1) as i64 / 2,
-                bottom + 7,
-                &s,
-                1,
-                black,
-            );
-        }
-        img.fill_rect(left, top, left + 1, bottom + 1, black);
-        img.fill_rect(left, bottom, right + 1, bottom + 1, black);
-        // Series.
+        Ok(img)
+    }
+
+    fn draw<Y>(
+        &self,
+        root: &DrawingArea<BitMapBackend<'_>, Shift>,
+        x: Range<f64>,
+        y: Y,
+        ranges: ((f64, f64), (f64, f64)),
+    ) -> Result<(), ImageError>
+    where
+        Y: AsRangedCoord<Value = f64>,
+        Y::CoordDescType: ValueFormatter<f64>,
+    {
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, (FONT, 18))
+            .margin(10)
+            .x_label_area_size(if self.x_label.is_empty() { 22 } else { 38 })
+            .y_label_area_size(if self.y_label.is_empty() { 48 } else { 64 })
+            .build_cartesian_2d(x, y)
+            .map_err(draw_error)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_label.as_str())
+            .y_desc(self.y_label.as_str())
+            .x_label_formatter(&|v| format_number(*v))
+            .y_label_formatter(&|v| format_number(*v))
+            .label_style((FONT, 12))
+            .axis_desc_style((FONT, 13))
+            .bold_line_style(RGBColor(225, 225, 225))
+            .light_line_style(RGBColor(245, 245, 245))
+            .draw()
+            .map_err(draw_error)?;
+        let mut named = false;
         for (i, s) in self.series.iter().enumerate() {
-            let color = s.color.unwrap_or(PALETTE[i % PALETTE.len()]);
-            let mut prev: Option<(f64, f64)> = None;
-            for &(x, y) in &s.points {
-                let cur = match (x.is_finite(), self.ty(y)) {
-                    (true, Some(y)) => Some((px(x), py(y))),
-                    _ => None,
-                };
-                match (prev, cur) {
-                    (Some(a), Some(b)) => {
-                        draw_line(&mut img, a, b, color, (left, top, right, bottom))
-                    }
-                    (None, Some(b)) => draw_line(&mut img, b, b, color, (left, top, right, bottom)),
-                    _ => {}
+            let [r, g, b] = s.color.unwrap_or(PALETTE[i % PALETTE.len()]);
+            let style = RGBColor(r, g, b).stroke_width(2);
+            for (k, seg) in self.segments(s).into_iter().enumerate() {
+                let drawn = if seg.len() == 1 {
+                    chart.draw_series(std::iter::once(Circle::new(seg[0], 2, style.filled())))
+                } else {
+                    chart.draw_series(LineSeries::new(seg, style))
                 }
-                prev = cur;
+                .map_err(draw_error)?;
+                if k == 0 && !s.name.is_empty() {
+                    named = true;
+                    drawn
+                        .label(s.name.as_str())
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
+                }
             }
         }
-        // Title, axis labels, legend.
-        let (tw, iw) = (text_width(&self.title, 2) as i64, img.width as i64);
-        draw_text(&mut img, (iw - tw) / 2, 6, &self.title, 2, black);
-        draw_text(&mut img, 4, top - 11, &self.y_label, 1, black);
-        let xw = text_width(&self.x_label, 1) as i64;
-        draw_text(
-            &mut img,
-            (left + right - xw) / 2,
-            bottom + 20,
-            &self.x_label,
-            1,
-            black,
-        );
-        let named: Vec<(usize, &Series)> = self
-            .series
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.name.is_empty())
-            .collect();
-        if !named.is_empty() {
-            let lw = named
-                .iter()
-                .map(|(_, s)| text_width(&s.name, 1))
-                .max()
-                .unwrap_or(0) as i64;
-            let (bw, bh) = (lw + 26, 6 + 11 * named.len() as i64);
-            // The corner whose box covers the fewest drawn series pixels.
-            let corners = [
-                (right - 6 - bw, top + 6),
-                (left + 8, top + 6),
-                (right - 6 - bw, bottom - 6 - bh),
-                (left + 8, bottom - 6 - bh),
-            ];
-            let ink = |&(x0, y0): &(i64, i64)| {
-                let mut n = 0;
-                for y in y0.max(0)..(y0 + bh).min(img.height as i64) {
-                    for x in x0.max(0)..(x0 + bw).min(img.width as i64) {
-                        let p = (y as usize * img.width + x as usize) * 3;
-                        let c = &img.data[p..p + 3];
-                        n += (c != white && c != grid_c && c != black) as usize;
-                    }
-                }
-                n
-            };
-            let (bx0, by0) = corners
-                .iter()
-                .copied()
-                .min_by_key(ink)
-                .unwrap_or(corners[0]);
-            let (bx1, by1) = (bx0 + bw, by0 + bh);
-            img.fill_rect(bx0, by0, bx1, by1, white);
-            for (x0, y0, x1, y1) in [
-                (bx0, by0, bx1, by0 + 1),
-                (bx0, by1 - 1, bx1, by1),
-                (bx0, by0, bx0 + 1, by1),
-                (bx1 - 1, by0, bx1, by1),
-            ] {
-                img.fill_rect(x0, y0, x1, y1, [160; 3]);
-            }
-            for (row, (i, s)) in named.iter().enumerate() {
-                let y = by0 + 4 + 11 * row as i64;
-                let color = s.color.unwrap_or(PALETTE[i % PALETTE.len()]);
-                img.fill_rect(bx0 + 4, y + 2, bx0 + 18, y + 5, color);
-                draw_text(&mut img, bx0 + 22, y, &s.name, 1, black);
-            }
+        if named {
+            chart
+                .configure_series_labels()
+                .position(self.legend_corner(ranges))
+                .label_font((FONT, 12))
+                .background_style(WHITE.mix(0.9))
+                .border_style(RGBColor(160, 160, 160))
+                .draw()
+                .map_err(draw_error)?;
         }
-        img
+        Ok(())
     }
 
     /// Renders and writes the plot as PNG (atomic write).
     pub fn save(&self, path: &Path) -> Result<(), ImageError> {
-        self.render().save_png(path)
-    }
-}
-
-/// Draws a 2-pixel-wide segment from `a` to `b`, clipped to the rectangle `(x0, y0, x1, y1)`.
-fn draw_line(
-    img: &mut RgbImage,
-    a: (f64, f64),
-    b: (f64, f64),
-    color: [u8; 3],
-    (x0, y0, x1, y1): (i64, i64, i64, i64),
-) {
-    let steps = ((b.0 - a.0).abs().max((b.1 - a.1).abs()) * 2.0)
-        .ceil()
-        .max(1.0) as usize;
-    for k in 0..=steps {
-        let t = k as f64 / steps as f64;
-        let (x, y) = (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
-        let (xi, yi) = (x.floor() as i64, y.floor() as i64);
-        for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-            let (px, py) = (xi + dx, yi + dy);
-            if px > x0 && px <= x1 && py >= y0 && py < y1 {
-                img.put(px, py, color);
-            }
-        }
+        self.render()?.save_png(path)
     }
 }
