@@ -228,6 +228,10 @@ pub trait BackendTask {
 }
 
 /// Runs `task` on the backend and device that `spec` names.
+#[cfg_attr(
+    not(any(feature = "ndarray", feature = "flex", feature = "cuda")),
+    allow(unused)
+)]
 pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, BackendError> {
     spec.ensure_compiled(&spec.to_string())?;
     match spec {
@@ -302,6 +306,10 @@ pub trait DevicesTask {
 }
 
 /// Runs `task` on the devices `specs` names, which must share a backend.
+#[cfg_attr(
+    not(any(feature = "ndarray", feature = "flex", feature = "cuda")),
+    allow(unused)
+)]
 pub fn dispatch_devices<T: DevicesTask>(
     specs: &[DeviceSpec],
     task: T,

@@ -32,6 +32,7 @@
 //! - [`vae_codec`]: images ↔ latents through the SD VAE in batches; DiT's bytes conversion.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod classifier_nag;
 pub mod data;
 pub mod device_check;

@@ -383,6 +383,9 @@ mod tests {
         assert_eq!(format_number(1.5e-5), "1.5e-5");
         let (w1, h1) = text_size("AB", 12).unwrap();
         let (w2, h2) = text_size("AB", 24).unwrap();
-        assert!(w1 > 0 && h1 > 0 && w2 > w1 && h2 > h1, "{w1}×{h1}, {w2}×{h2}");
+        assert!(
+            w1 > 0 && h1 > 0 && w2 > w1 && h2 > h1,
+            "{w1}×{h1}, {w2}×{h2}"
+        );
     }
 }

@@ -7,6 +7,18 @@
 //! Differences are reported as `max |a − r| / max |r|` (the largest deviation relative to the
 //! reference's scale: element-wise ratios blow up where the reference is near 0) and
 //! `‖a − r‖₂ / ‖r‖₂`, with `r` the reference backend's values.
+//!
+//! `preset` holds the check's two model sizes, `report` joins the stages' result files into
+//! the check's report.
+
+mod preset;
+mod report;
+
+pub use preset::Preset;
+pub use report::{
+    read_stage, stage_file, write_stage, Report, ReportInputs, SampleStage, SpeedRow, SpeedStage,
+    TorchRow,
+};
 
 use std::time::Instant;
 
@@ -40,6 +52,14 @@ pub enum DeviceCheckError {
     /// Sampling failed.
     #[error(transparent)]
     Generate(#[from] GenerateError),
+    /// A stage's result file or the report could not be read or written.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// How far one backend's values are from the reference's.
