@@ -41,6 +41,7 @@ mod error;
 pub mod estimator;
 pub mod evaluate;
 pub mod experiments;
+pub mod forward;
 pub mod generate;
 pub mod guided;
 pub mod image;
