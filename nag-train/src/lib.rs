@@ -60,6 +60,7 @@ pub mod study;
 pub mod train;
 pub mod transfer;
 pub mod vae_codec;
+pub mod vae_files;
 
 pub use error::PipelineError;
 

@@ -7,21 +7,17 @@
 //! cargo xtask vae decode --vae sd-vae-ft-ema --input z.npy --output x.npy [--png grid.png]
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use anyhow::Result;
+use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
-use nag_models::npy::{read_npy, write_npy_f32};
-use nag_models::vae::Vae;
-use nag_train::data::folder::{center_crop_arr, decode_image, is_image_file};
-use nag_train::image::{save_png_grid_with, GridOptions};
-use nag_train::vae_codec::{decode_latents, encode_images, LatentDraw};
+use nag_train::vae_codec::LatentDraw;
+use nag_train::vae_files::{decode_file, encode_file, CodecEvent, VaeJob};
 
 use crate::progress::Progress;
 
-/// `cargo xtask vae …`.
 #[derive(Debug, Subcommand)]
 pub enum VaeCmd {
     /// Images → unscaled latents (the posterior mean, as `latent_dist.mean`, or a draw).
@@ -87,143 +83,59 @@ pub struct DecodeArgs {
 }
 
 /// Reads `[N, C, H, W]` floats from a .npy.
-fn read_nchw(path: &Path, what: &str) -> Result<(Vec<f32>, [usize; 4])> {
-    let a = read_npy(path).with_context(|| format!("reading {what} {}", path.display()))?;
-    let shape: [usize; 4] = a.shape.clone().try_into().map_err(|_| {
-        anyhow::anyhow!(
-            "{what} {} has shape {:?}, expected [N, C, H, W]",
-            path.display(),
-            a.shape
-        )
-    })?;
-    let v = a
-        .into_f32()
-        .with_context(|| format!("reading {what} {}", path.display()))?;
-    Ok((v, shape))
+impl VaeOpts {
+    fn job(&self) -> VaeJob {
+        VaeJob {
+            vae: self.vae.clone(),
+            batch: self.batch,
+        }
+    }
 }
 
-/// Images from a PNG/JPEG file or folder, as `[N, 3, H, W]` in [−1, 1].
-fn read_images(input: &Path, size: Option<usize>) -> Result<(Vec<f32>, [usize; 4])> {
-    let mut files = Vec::new();
-    if input.is_dir() {
-        collect_images(input, &mut files)?;
-        if files.is_empty() {
-            bail!(
-                "{} holds no PNG/JPEG images (searched recursively)",
-                input.display()
-            );
-        }
-    } else {
-        files.push(input.to_path_buf());
-    }
-    let mut values = Vec::new();
-    let mut dims: Option<(usize, usize)> = None;
-    for f in &files {
-        let img = decode_image(f)?;
-        let (h, w, x) = match size {
-            Some(s) => (s, s, center_crop_arr(&img, s)),
-            None => {
-                let plane = img.width * img.height;
-                let mut x = vec![0f32; 3 * plane];
-                for (p, px) in img.data.chunks_exact(3).enumerate() {
-                    for c in 0..3 {
-                        x[c * plane + p] = px[c] as f32 / 127.5 - 1.0;
-                    }
-                }
-                (img.height, img.width, x)
+/// Prints the VAE's description and drives a bar of `what`.
+fn reporter(what: &'static str) -> impl FnMut(CodecEvent) {
+    let mut bar: Option<Progress> = None;
+    move |event| match event {
+        CodecEvent::Loaded(source) => eprintln!(
+            "VAE: {} (block_out_channels {:?}, latent {}, scaling_factor {}{})",
+            source.weights.display(),
+            source.config.block_out_channels,
+            source.config.latent_channels,
+            source.config.scaling_factor,
+            if source.old_attention_names {
+                ", old attention names"
+            } else {
+                ""
             }
-        };
-        match dims {
-            None => dims = Some((h, w)),
-            Some(d) if d != (h, w) => bail!(
-                "{} is {w}×{h} but the first image is {}×{}: images of one batch need one \
-                 size; pass --size S to centre-crop them all to S×S",
-                f.display(),
-                d.1,
-                d.0
-            ),
-            Some(_) => {}
-        }
-        values.extend(x);
-    }
-    let (h, w) = dims.expect("at least one image");
-    Ok((values, [files.len(), 3, h, w]))
-}
-
-fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            !p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            collect_images(&p, out)?;
-        } else if is_image_file(&p) {
-            out.push(p);
+        ),
+        CodecEvent::Progress { done, total } => {
+            let bar = bar.get_or_insert_with(|| Progress::new(total as u64, what));
+            bar.set(done as u64);
+            if done == total {
+                bar.finish();
+            }
         }
     }
-    Ok(())
 }
 
-fn load_vae<B: Backend>(opts: &VaeOpts, device: &B::Device) -> Result<Vae<B>> {
-    let (vae, source) = Vae::<B>::load(&opts.vae, device)?;
-    eprintln!(
-        "VAE: {} (block_out_channels {:?}, latent {}, scaling_factor {}{})",
-        source.weights.display(),
-        source.config.block_out_channels,
-        source.config.latent_channels,
-        source.config.scaling_factor,
-        if source.old_attention_names {
-            ", old attention names"
-        } else {
-            ""
-        }
-    );
-    Ok(vae)
-}
-
-fn encode<B: Backend>(args: &EncodeArgs, device: &B::Device) -> Result<()> {
-    let is_npy = args
-        .input
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
-    let (images, shape) = if is_npy {
-        if args.size.is_some() {
-            bail!("--size applies to PNG/JPEG inputs; a .npy input is encoded as it is");
-        }
-        read_nchw(&args.input, "the images")?
-    } else {
-        read_images(&args.input, args.size)?
-    };
-    let vae = load_vae::<B>(&args.vae, device)?;
+fn encode<B: burn::tensor::backend::Backend>(args: &EncodeArgs, device: &B::Device) -> Result<()> {
     let draw = if args.sample {
         LatentDraw::Sample { seed: args.seed }
     } else {
         LatentDraw::Mean
     };
-    let bar = Progress::new(shape[0] as u64, "images");
-    let enc = encode_images(
-        &vae,
-        &images,
-        shape,
-        args.vae.batch,
+    let shape = encode_file::<B>(
+        &args.vae.job(),
+        &args.input,
+        args.size,
         draw,
+        &args.output,
         device,
-        &mut |done| bar.set(done as u64),
-    )
-    .with_context(|| format!("encoding {}", args.input.display()))?;
-    bar.finish();
-    write_npy_f32(&args.output, &enc.shape, &enc.latents)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+        &mut reporter("images"),
+    )?;
     println!(
-        "wrote {} {:?} ({}, unscaled)",
+        "wrote {} {shape:?} ({}, unscaled)",
         args.output.display(),
-        enc.shape,
         if args.sample {
             "a draw"
         } else {
@@ -233,26 +145,17 @@ fn encode<B: Backend>(args: &EncodeArgs, device: &B::Device) -> Result<()> {
     Ok(())
 }
 
-fn decode<B: Backend>(args: &DecodeArgs, device: &B::Device) -> Result<()> {
-    let (z, shape) = read_nchw(&args.input, "the latents")?;
-    let vae = load_vae::<B>(&args.vae, device)?;
-    let bar = Progress::new(shape[0] as u64, "latents");
-    let (x, xshape) = decode_latents(&vae, &z, shape, args.vae.batch, device, &mut |done| {
-        bar.set(done as u64)
-    })
-    .with_context(|| format!("decoding {}", args.input.display()))?;
-    bar.finish();
-    write_npy_f32(&args.output, &xshape, &x)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+fn decode<B: burn::tensor::backend::Backend>(args: &DecodeArgs, device: &B::Device) -> Result<()> {
+    let xshape = decode_file::<B>(
+        &args.vae.job(),
+        &args.input,
+        &args.output,
+        args.png.as_deref(),
+        device,
+        &mut reporter("latents"),
+    )?;
     println!("wrote {} {xshape:?}", args.output.display());
     if let Some(png) = &args.png {
-        let opts = GridOptions {
-            nrow: (xshape[0] as f64).sqrt().ceil() as usize,
-            padding: 2,
-            ..GridOptions::default()
-        };
-        save_png_grid_with(png, &x, xshape, &opts)
-            .with_context(|| format!("writing {}", png.display()))?;
         println!("wrote {}", png.display());
     }
     Ok(())

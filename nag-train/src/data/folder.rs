@@ -353,7 +353,8 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(out)
 }
 
-fn images_recursive(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+/// The PNG/JPEG files under `dir`, recursively, in sorted order (hidden entries skipped).
+pub(crate) fn images_recursive(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
     for path in read_dir_sorted(dir)? {
         if path.is_dir() {
             images_recursive(&path, out)?;
