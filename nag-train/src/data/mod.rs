@@ -23,6 +23,7 @@ pub mod latents;
 pub mod loader;
 pub mod real_items;
 pub mod shapes;
+mod subset;
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,7 @@ pub use latent_store::LatentStore;
 pub use latents::LatentDataset;
 pub use loader::{Loader, LoaderConfig};
 pub use shapes::{ShapesConfig, ShapesDataset, ShapesLayout, SHAPE_NAMES};
+pub use subset::Subset;
 
 /// One example: `x` is `[C, H, W]` row-major (images in `[−1, 1]`), `y` the class label.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,11 +12,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use nag_core::schedule::Schedule;
 use nag_models::estimator::NoiseEstimator;
-use rand_chacha::ChaCha8Rng;
 
-use crate::data::{
-    open_dataset, stream_rng, DataError, DataOptions, Dataset, Item, Loader, LoaderConfig,
-};
+use crate::data::{open_dataset, stream_rng, DataOptions, Dataset, Loader, LoaderConfig, Subset};
 
 use super::config::{EstimatorMeta, EstimatorTrainConfig};
 use super::eval::estimate_tau;
@@ -59,39 +56,6 @@ pub struct EstimatorSummary {
     pub constant_mean_abs_error: f64,
     /// Wall-clock seconds of the training loop.
     pub train_seconds: f64,
-}
-
-/// The first `len` items of a dataset (the rest are held out).
-struct Prefix {
-    inner: Arc<dyn Dataset>,
-    len: usize,
-}
-
-impl Dataset for Prefix {
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn item(&self, index: usize, rng: &mut ChaCha8Rng) -> Result<Item, DataError> {
-        if index >= self.len {
-            return Err(DataError::Index {
-                index,
-                len: self.len,
-            });
-        }
-        self.inner.item(index, rng)
-    }
-    fn shape(&self) -> [usize; 3] {
-        self.inner.shape()
-    }
-    fn num_classes(&self) -> usize {
-        self.inner.num_classes()
-    }
-    fn name(&self) -> String {
-        format!("{} (first {} items)", self.inner.name(), self.len)
-    }
-    fn skipped(&self) -> usize {
-        self.inner.skipped()
-    }
 }
 
 /// Trains an estimator per `cfg` and writes `estimator.safetensors` + `estimator.json` into
@@ -137,9 +101,9 @@ pub fn train_estimator<B: AutodiffBackend>(
         ));
     }
     let mut optim = adamw.init::<B, NoiseEstimator<B>>();
-    let train_set: Arc<dyn Dataset> = Arc::new(Prefix {
+    let train_set: Arc<dyn Dataset> = Arc::new(Subset {
         inner: dataset.clone(),
-        len: len - held_out,
+        range: 0..len - held_out,
     });
     let mut loader = Loader::new(
         train_set,

@@ -15,9 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::extractor::{save_feature_net, FeatureModelInfo};
 use super::net::{FeatureNet, FeatureNetConfig};
 use super::{CHUNK, FEATURE_MODEL_KIND};
-use crate::data::{
-    open_dataset, stream_rng, DataError, DataOptions, Dataset, Item, Loader, LoaderConfig,
-};
+use crate::data::{open_dataset, stream_rng, DataOptions, Dataset, Loader, LoaderConfig, Subset};
 use crate::metrics::MetricsError;
 
 /// How to train a feature classifier.
@@ -84,44 +82,6 @@ pub struct FeatureTrainSummary<B: Backend> {
     pub info: FeatureModelInfo,
     /// Last reported training loss.
     pub final_loss: f64,
-}
-
-/// A contiguous range of a dataset's items.
-struct Subset {
-    inner: Arc<dyn Dataset>,
-    range: Range<usize>,
-}
-
-impl Dataset for Subset {
-    fn len(&self) -> usize {
-        self.range.len()
-    }
-    fn item(&self, index: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Result<Item, DataError> {
-        if index >= self.range.len() {
-            return Err(DataError::Index {
-                index,
-                len: self.range.len(),
-            });
-        }
-        self.inner.item(self.range.start + index, rng)
-    }
-    fn shape(&self) -> [usize; 3] {
-        self.inner.shape()
-    }
-    fn num_classes(&self) -> usize {
-        self.inner.num_classes()
-    }
-    fn name(&self) -> String {
-        format!(
-            "{} [{}..{}]",
-            self.inner.name(),
-            self.range.start,
-            self.range.end
-        )
-    }
-    fn skipped(&self) -> usize {
-        self.inner.skipped()
-    }
 }
 
 /// Cross-entropy `−(1/N) Σᵢ log softmax(logitsᵢ)[yᵢ]` and the number of correct argmaxes.
