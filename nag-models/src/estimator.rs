@@ -334,21 +334,10 @@ impl<B: Backend> NoiseEstimator<B> {
     pub fn to_state_dict(&self) -> StateDict {
         let mut sd = StateDict::new();
         export_tensor(&mut sd, "pos_embed".into(), self.pos_embed.val());
-        export_tensor(
-            &mut sd,
-            "x_embedder.proj.weight".into(),
-            self.x_embedder.proj.weight.val(),
-        );
-        if let Some(b) = &self.x_embedder.proj.bias {
-            export_tensor(&mut sd, "x_embedder.proj.bias".into(), b.val());
-        }
+        self.x_embedder.export(&mut sd, "x_embedder");
         export_tensor(&mut sd, "cond_embed".into(), self.cond_embed.val());
         if let Some(y) = &self.y_embedder {
-            export_tensor(
-                &mut sd,
-                "y_embedder.embedding_table.weight".into(),
-                y.embedding_table.val(),
-            );
+            y.export(&mut sd, "y_embedder");
         }
         for (i, block) in self.blocks.iter().enumerate() {
             block.export(&mut sd, &format!("blocks.{i}"));

@@ -420,11 +420,7 @@ impl<B: Backend> Dit<B> {
             export_tensor(&mut sd, NULL_T_KEY.into(), null.val());
         }
         if let Some(y) = &self.y_embedder {
-            export_tensor(
-                &mut sd,
-                "y_embedder.embedding_table.weight".into(),
-                y.embedding_table.val(),
-            );
+            y.export(&mut sd, "y_embedder");
         }
         for (i, block) in self.blocks.iter().enumerate() {
             block.export(&mut sd, &format!("blocks.{i}"));
@@ -501,7 +497,7 @@ impl<B: Backend> Dit<B> {
 }
 
 impl<B: Backend> PatchEmbed<B> {
-    fn export(&self, sd: &mut StateDict, prefix: &str) {
+    pub(crate) fn export(&self, sd: &mut StateDict, prefix: &str) {
         export_tensor(sd, join(prefix, "proj.weight"), self.proj.weight.val());
         if let Some(b) = &self.proj.bias {
             export_tensor(sd, join(prefix, "proj.bias"), b.val());
@@ -519,6 +515,11 @@ impl<B: Backend> PatchEmbed<B> {
 }
 
 impl<B: Backend> LabelEmbedder<B> {
+    pub(crate) fn export(&self, sd: &mut StateDict, prefix: &str) {
+        let key = join(prefix, "embedding_table.weight");
+        export_tensor(sd, key, self.embedding_table.val());
+    }
+
     pub(crate) fn import(self, ld: &Loader, prefix: &str) -> Result<Self, CheckpointError> {
         Ok(Self {
             embedding_table: ld.param(
