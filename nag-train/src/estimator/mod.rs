@@ -116,6 +116,15 @@ pub enum EstimatorError {
     },
 }
 
+impl From<crate::train::fit::NonFiniteLoss> for EstimatorError {
+    fn from(e: crate::train::fit::NonFiniteLoss) -> Self {
+        Self::NonFinite {
+            step: e.step,
+            loss: e.loss,
+        }
+    }
+}
+
 fn parse_schedule(name: &str) -> Result<Schedule, EstimatorError> {
     Schedule::from_name(name).map_err(|e| EstimatorError::Config(format!("--schedule: {e}")))
 }

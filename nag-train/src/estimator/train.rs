@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::AdamWConfig;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use nag_core::schedule::Schedule;
 use nag_models::estimator::NoiseEstimator;
 
-use crate::data::{open_dataset, stream_rng, DataOptions, Dataset, Loader, LoaderConfig, Subset};
+use crate::data::{open_dataset, stream_rng, Batch, DataOptions, Dataset};
+use crate::train::fit::{fit, FitPlan};
 
 use super::config::{EstimatorMeta, EstimatorTrainConfig};
 use super::eval::estimate_tau;
@@ -89,7 +90,7 @@ pub fn train_estimator<B: AutodiffBackend>(
     let conditional = model_cfg.num_classes > 0;
     io(out_dir, std::fs::create_dir_all(out_dir))?;
 
-    let mut model: NoiseEstimator<B> = init_estimator(&model_cfg, cfg.seed, device)?;
+    let model: NoiseEstimator<B> = init_estimator(&model_cfg, cfg.seed, device)?;
     let mut adamw = AdamWConfig::new()
         .with_beta_1(0.9)
         .with_beta_2(0.999)
@@ -100,28 +101,19 @@ pub fn train_estimator<B: AutodiffBackend>(
             burn::optim::grad_clipping::GradientClippingConfig::Norm(c),
         ));
     }
-    let mut optim = adamw.init::<B, NoiseEstimator<B>>();
-    let train_set: Arc<dyn Dataset> = Arc::new(Subset {
-        inner: dataset.clone(),
-        range: 0..len - held_out,
-    });
-    let mut loader = Loader::new(
-        train_set,
-        LoaderConfig {
-            batch_size: cfg.batch,
-            seed: cfg.seed,
-            workers: cfg.workers,
-            ..LoaderConfig::default()
-        },
-    )?;
+    let plan = FitPlan {
+        dataset: dataset.clone(),
+        train: 0..len - held_out,
+        batch: cfg.batch,
+        seed: cfg.seed,
+        workers: cfg.workers,
+        steps: cfg.steps,
+        log_every: cfg.log_every,
+    };
     let k = cfg.bins;
     let per: usize = shape.iter().product();
-    let start = Instant::now();
-    let (mut acc, mut acc_n) = (0.0f64, 0u64);
-    let (mut first_loss, mut final_loss) = (f64::NAN, f64::NAN);
-    for step in 0..cfg.steps {
-        let lr = learning_rate(cfg, step);
-        let batch = loader.next_batch()?;
+    // Cross-entropy against the label-smoothed one-hot bin of each item's τ.
+    let loss = |model: &NoiseEstimator<B>, batch: Batch, step: u64| {
         let n = batch.shape[0];
         let mut rng = stream_rng(cfg.seed, DOMAIN_STEP, step);
         let (x, tau) = forward_noise(&batch.x, per, &schedule, &mut rng);
@@ -134,30 +126,23 @@ pub fn train_estimator<B: AutodiffBackend>(
             .then(|| Tensor::<B, 1, Int>::from_data(TensorData::new(batch.y, [n]), device));
         let target = Tensor::<B, 2>::from_data(TensorData::new(target, [n, k]), device);
         let logp = log_softmax(model.forward(x, y), 1);
-        let loss = (logp * target).sum_dim(1).mean().neg();
-        let value: f32 = loss.clone().into_scalar().elem();
-        if !value.is_finite() {
-            return Err(EstimatorError::NonFinite { step, loss: value });
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(lr, model, grads);
-        acc += value as f64;
-        acc_n += 1;
-        let done = step + 1;
-        if done % cfg.log_every == 0 || done == cfg.steps {
-            let mean = acc / acc_n as f64;
-            if first_loss.is_nan() {
-                first_loss = mean;
-            }
-            final_loss = mean;
+        Ok::<_, EstimatorError>(((logp * target).sum_dim(1).mean().neg(), 0))
+    };
+    let start = Instant::now();
+    let (model, losses) = fit(
+        model,
+        adamw,
+        plan,
+        |step| learning_rate(cfg, step),
+        loss,
+        |log| {
             progress(EstimatorProgress {
-                step: done,
-                total: cfg.steps,
-                loss: mean,
-            });
-            (acc, acc_n) = (0.0, 0);
-        }
-    }
+                step: log.step,
+                total: log.total,
+                loss: log.loss,
+            })
+        },
+    )?;
     let train_seconds = start.elapsed().as_secs_f64();
     let model = model.valid();
     let (mae, constant) = held_out_error(
@@ -185,8 +170,8 @@ pub fn train_estimator<B: AutodiffBackend>(
         out_dir: out_dir.to_path_buf(),
         weights,
         steps: cfg.steps,
-        first_loss,
-        final_loss,
+        first_loss: losses.first,
+        final_loss: losses.last,
         held_out_samples: held_out,
         held_out_mean_abs_error: mae,
         constant_mean_abs_error: constant,

@@ -88,6 +88,15 @@ pub enum MetricsError {
     },
 }
 
+impl From<crate::train::fit::NonFiniteLoss> for MetricsError {
+    fn from(e: crate::train::fit::NonFiniteLoss) -> Self {
+        Self::NonFinite {
+            step: e.step,
+            loss: e.loss,
+        }
+    }
+}
+
 /// Checks a flat `n × dim` feature array and returns `n`.
 pub(crate) fn check_features<T: Copy + Into<f64>>(
     what: &str,

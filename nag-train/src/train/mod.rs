@@ -21,7 +21,8 @@
 //! Layout: [`train`] / [`train_replicas`] (set-up, resume, launching the replicas) in
 //! `launch.rs`, the step loop of one replica in `replica.rs`, the options in `config.rs`,
 //! checkpoints and the EMA export in `checkpoint.rs`, one micro-batch's draws, loss and
-//! gradients in `step.rs`, `loss.csv` / `loss.png` in `loss_log.rs`. This file holds what they
+//! gradients in `step.rs`, `loss.csv` / `loss.png` in `loss_log.rs`; the auxiliary networks'
+//! plain supervised loop in `fit.rs`. This file holds what they
 //! share: the error, the events and the stop flag.
 
 use std::io::Write;
@@ -33,6 +34,7 @@ use crate::run_dir::{self, Skipped};
 
 mod checkpoint;
 mod config;
+pub mod fit;
 mod launch;
 mod loss_log;
 mod replica;

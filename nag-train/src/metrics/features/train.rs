@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::AdamWConfig;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::extractor::{save_feature_net, FeatureModelInfo};
 use super::net::{FeatureNet, FeatureNetConfig};
 use super::{CHUNK, FEATURE_MODEL_KIND};
-use crate::data::{open_dataset, stream_rng, DataOptions, Dataset, Loader, LoaderConfig, Subset};
+use crate::data::{open_dataset, stream_rng, Batch, DataOptions, Dataset};
 use crate::metrics::MetricsError;
+use crate::train::fit::{fit, FitPlan};
 
 /// How to train a feature classifier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,59 +185,41 @@ pub fn train_feature_net<B: AutodiffBackend>(
         net_cfg.strides = (0..widths.len()).map(|l| 1 + l % 2).collect();
         net_cfg.widths = widths.clone();
     }
-    let mut model: FeatureNet<B> = net_cfg.init(cfg.seed, device)?;
-    let train_set: Arc<dyn Dataset> = Arc::new(Subset {
-        inner: dataset.clone(),
-        range: 0..len - holdout,
-    });
-    let mut loader = Loader::new(
-        train_set,
-        LoaderConfig {
-            batch_size: cfg.batch,
-            seed: cfg.seed,
-            workers: cfg.workers,
-            ..LoaderConfig::default()
-        },
-    )?;
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(cfg.weight_decay as f32)
-        .init::<B, FeatureNet<B>>();
+    let model: FeatureNet<B> = net_cfg.init(cfg.seed, device)?;
+    let plan = FitPlan {
+        dataset: dataset.clone(),
+        train: 0..len - holdout,
+        batch: cfg.batch,
+        seed: cfg.seed,
+        workers: cfg.workers,
+        steps: cfg.steps,
+        log_every: 25,
+    };
+    let optim = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32);
+    // Warm-up over the first 5% of the steps, then cosine decay to 5% of the peak.
     let warmup = (cfg.steps / 20).max(1);
-    let (mut acc_loss, mut acc_correct, mut acc_seen, mut acc_n) = (0.0f64, 0usize, 0usize, 0u64);
-    let mut final_loss = f64::NAN;
-    for step in 0..cfg.steps {
-        let lr = if step < warmup {
+    let lr = |step: u64| {
+        if step < warmup {
             cfg.lr * (step + 1) as f64 / warmup as f64
         } else {
             let p = (step - warmup) as f64 / (cfg.steps - warmup).max(1) as f64;
             cfg.lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
-        };
-        let batch = loader.next_batch()?;
+        }
+    };
+    let loss = |model: &FeatureNet<B>, batch: Batch, _step: u64| {
         let n = batch.shape[0];
         let x = Tensor::<B, 4>::from_data(TensorData::new(batch.x, batch.shape), device);
         let y = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.y, [n]), device);
-        let (loss, correct) = cross_entropy(model.logits(x), y);
-        let value: f32 = loss.clone().into_scalar().elem();
-        if !value.is_finite() {
-            return Err(MetricsError::NonFinite { step, loss: value });
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(lr, model, grads);
-        acc_loss += value as f64;
-        acc_correct += correct;
-        acc_seen += n;
-        acc_n += 1;
-        if (step + 1) % 25 == 0 || step + 1 == cfg.steps {
-            final_loss = acc_loss / acc_n as f64;
-            on_progress(FeatureProgress {
-                step: step + 1,
-                total: cfg.steps,
-                loss: final_loss,
-                accuracy: acc_correct as f64 / acc_seen as f64,
-            });
-            (acc_loss, acc_correct, acc_seen, acc_n) = (0.0, 0, 0, 0);
-        }
-    }
+        Ok::<_, MetricsError>(cross_entropy(model.logits(x), y))
+    };
+    let (model, losses) = fit(model, optim, plan, lr, loss, |log| {
+        on_progress(FeatureProgress {
+            step: log.step,
+            total: log.total,
+            loss: log.loss,
+            accuracy: log.count_per_item,
+        })
+    })?;
     let net = model.valid();
     let held_out_accuracy = accuracy(&net, dataset.as_ref(), len - holdout..len, device)?;
     let info = FeatureModelInfo {
@@ -255,6 +238,6 @@ pub fn train_feature_net<B: AutodiffBackend>(
     Ok(FeatureTrainSummary {
         net,
         info,
-        final_loss,
+        final_loss: losses.last,
     })
 }
