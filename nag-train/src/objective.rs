@@ -11,7 +11,7 @@ use nag_core::schedule::NoiseSchedule;
 use serde::{Deserialize, Serialize};
 
 /// What an interpolant model is trained to predict (SiT's `--prediction`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum InterpolantTarget {
     /// Velocity in SiT's clock, `dx/dt = −dx/dτ = −(α'·x0 + σ'·ε)`.
@@ -24,7 +24,7 @@ pub enum InterpolantTarget {
 }
 
 /// Loss weighting for interpolant objectives (SiT's `--loss-weight`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum LossWeight {
     /// Plain MSE.

@@ -24,58 +24,12 @@ pub enum EstimatorCmd {
     Validate(EstimatorValidateArgs),
 }
 
-/// Arguments of `cargo xtask estimator train`.
+/// Arguments of `cargo xtask estimator train`: the [`EstimatorTrainConfig`], where to write
+/// and which device.
 #[derive(Debug, Args)]
 pub struct EstimatorTrainArgs {
-    /// Dataset: gmm, gmm32, shapes, shapes32, shapes-scattered, or a path (image folder,
-    /// latents, IDX).
-    #[arg(long)]
-    pub data: Option<String>,
-    /// Image size of generated datasets.
-    #[arg(long)]
-    pub image_size: Option<usize>,
-    /// Seed of the generated dataset content (default: --seed, as `cargo xtask train` does).
-    #[arg(long)]
-    pub data_seed: Option<u64>,
-    /// Schedule of the diffusion model to measure: ddpm-linear, ddpm-cosine, linear, gvp, vp.
-    #[arg(long)]
-    pub schedule: Option<String>,
-    /// Number of τ bins K.
-    #[arg(long)]
-    pub bins: Option<usize>,
-    /// Transformer blocks.
-    #[arg(long)]
-    pub depth: Option<usize>,
-    /// Token width.
-    #[arg(long)]
-    pub hidden: Option<usize>,
-    /// Attention heads.
-    #[arg(long)]
-    pub heads: Option<usize>,
-    /// Patch size.
-    #[arg(long)]
-    pub patch: Option<usize>,
-    /// Condition on the class label: g_φ(τ | x, y).
-    #[arg(long)]
-    pub class_conditional: bool,
-    /// Optimiser steps.
-    #[arg(long)]
-    pub steps: Option<u64>,
-    /// Batch size.
-    #[arg(long)]
-    pub batch: Option<usize>,
-    /// Peak learning rate (warm-up, then cosine decay to a tenth).
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// Uniform label smoothing in [0, 1) (0 keeps the posterior calibrated).
-    #[arg(long)]
-    pub label_smoothing: Option<f64>,
-    /// Held-out items for the final evaluation.
-    #[arg(long)]
-    pub eval_samples: Option<usize>,
-    /// Seed.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub config: EstimatorTrainConfig,
     /// Output folder (estimator.safetensors + estimator.json).
     #[arg(long, default_value = "runs/estimator")]
     pub out: PathBuf,
@@ -112,38 +66,6 @@ pub fn run(cmd: &EstimatorCmd) -> Result<()> {
     }
 }
 
-/// Defaults ← flags.
-fn resolve(args: &EstimatorTrainArgs) -> Result<EstimatorTrainConfig> {
-    let mut cfg = EstimatorTrainConfig::default();
-    macro_rules! set {
-        ($($field:ident),*) => { $( if let Some(v) = &args.$field { cfg.$field = v.clone(); } )* };
-    }
-    set!(
-        data,
-        schedule,
-        bins,
-        depth,
-        hidden,
-        heads,
-        patch,
-        steps,
-        batch,
-        lr,
-        label_smoothing,
-        eval_samples,
-        seed
-    );
-    if args.image_size.is_some() {
-        cfg.image_size = args.image_size;
-    }
-    if args.data_seed.is_some() {
-        cfg.data_seed = args.data_seed;
-    }
-    cfg.class_conditional = args.class_conditional;
-    cfg.validate()?;
-    Ok(cfg)
-}
-
 struct TrainTask<'a> {
     cfg: EstimatorTrainConfig,
     out: &'a Path,
@@ -167,7 +89,8 @@ impl BackendTask for TrainTask<'_> {
 }
 
 fn run_train(args: &EstimatorTrainArgs) -> Result<()> {
-    let cfg = resolve(args)?;
+    let cfg = args.config.clone();
+    cfg.validate()?;
     let spec = DeviceSpec::parse(&args.device)?;
     eprintln!(
         "training the noise-level estimator on '{}' ({} schedule, {} bins, depth {}, hidden {}) \

@@ -20,35 +20,12 @@ pub enum FeaturesCmd {
     Train(FeaturesTrainArgs),
 }
 
-/// Arguments of `cargo xtask features train`.
+/// Arguments of `cargo xtask features train`: the [`FeatureTrainConfig`], where to write and
+/// which device.
 #[derive(Debug, Args)]
 pub struct FeaturesTrainArgs {
-    /// Dataset: shapes, shapes32, shapes-scattered, gmm, or a path (image folder, latents,
-    /// IDX); use the run's.
-    #[arg(long, default_value = "shapes")]
-    pub data: String,
-    /// Image size of generated datasets (as the run's `image_size`).
-    #[arg(long)]
-    pub image_size: Option<usize>,
-    /// Dataset content seed, also the seed of the weights and the shuffling (as the run's).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Optimiser steps (default 400: under two minutes on two CPU cores at 16 px).
-    #[arg(long)]
-    pub steps: Option<u64>,
-    /// Batch size (default 64).
-    #[arg(long)]
-    pub batch: Option<usize>,
-    /// Peak AdamW learning rate (default 3e-3; warm-up, then cosine decay).
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// Items held out at the end of the dataset for the accuracy (default 1000).
-    #[arg(long)]
-    pub holdout: Option<usize>,
-    /// Convolution widths, comma-separated (default 32,64,64,128; the last is the feature
-    /// dimension).
-    #[arg(long, value_delimiter = ',')]
-    pub widths: Option<Vec<usize>>,
+    #[command(flatten)]
+    pub config: FeatureTrainConfig,
     /// Output folder (model.safetensors + model.json).
     #[arg(long, default_value = "runs/features")]
     pub out: PathBuf,
@@ -67,22 +44,6 @@ pub fn run(cmd: &FeaturesCmd) -> Result<()> {
     }
 }
 
-/// Defaults ← flags.
-fn resolve(args: &FeaturesTrainArgs) -> FeatureTrainConfig {
-    let d = FeatureTrainConfig::default();
-    FeatureTrainConfig {
-        data: args.data.clone(),
-        image_size: args.image_size,
-        seed: args.seed,
-        steps: args.steps.unwrap_or(d.steps),
-        batch: args.batch.unwrap_or(d.batch),
-        lr: args.lr.unwrap_or(d.lr),
-        holdout: args.holdout.unwrap_or(d.holdout),
-        widths: args.widths.clone().or(d.widths),
-        ..d
-    }
-}
-
 fn run_train(args: &FeaturesTrainArgs) -> Result<()> {
     if feature_model_exists(&args.out) && !args.force {
         bail!(
@@ -90,7 +51,7 @@ fn run_train(args: &FeaturesTrainArgs) -> Result<()> {
             args.out.display()
         );
     }
-    let cfg = resolve(args);
+    let cfg = args.config.clone();
     let spec = DeviceSpec::parse(&args.device)?;
     let info = dispatch(
         spec,

@@ -7,107 +7,23 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use nag_backends::{dispatch_devices, DeviceSpec, DevicesTask};
-use nag_train::data::OnError;
-use nag_train::objective::{InterpolantTarget, LossWeight};
 use nag_train::parallel::{Cluster, Replicas};
 use nag_train::run_dir::RunLock;
-use nag_train::train::{train_replicas, ObjectiveKind, TrainConfig};
+use nag_train::train::{train_replicas, TrainConfig};
 
 use crate::progress::TrainProgress;
 
-/// Arguments of `cargo xtask train`. Every option may also come from `--config FILE.toml`;
-/// flags given on the command line win.
+/// Arguments of `cargo xtask train`: the run's [`TrainConfig`] and where and how it runs.
+/// Every option may also come from `--config FILE.toml`; flags given on the command line win.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Dataset: shapes, shapes32, shapes-scattered, gmm, or a path (image folder, latents,
-    /// IDX).
-    #[arg(long, default_value_t = default_config().data)]
-    pub data: String,
-    /// Model preset: tiny or small (CPU sizes, patch 2; tiny/4 for patch 4), SiT-tiny,
-    /// SiT-small, or {DiT,SiT}-{S,B,L,XL}/{2,4,8} (e.g. DiT-XL/2).
-    #[arg(long, default_value_t = default_config().model)]
-    pub model: String,
-    /// Objective: ddpm, linear, gvp or vp [default: ddpm].
-    #[arg(long)]
-    pub objective: Option<String>,
-    /// What the network predicts, for the interpolant objectives (linear, gvp, vp) only:
-    /// velocity, noise or score [default: velocity]. (ddpm predicts ε, plus Σ unless
-    /// --no-learn-sigma.)
-    #[arg(long)]
-    pub prediction: Option<String>,
-    /// Loss weighting, for the interpolant objectives (linear, gvp, vp) only: none, velocity or
-    /// likelihood [default: none].
-    #[arg(long)]
-    pub loss_weight: Option<String>,
-    /// Optimiser steps.
-    #[arg(long, default_value_t = default_config().steps)]
-    pub steps: u64,
-    /// Batch size.
-    #[arg(long, default_value_t = default_config().batch)]
-    pub batch: usize,
-    /// Gradient accumulation (micro-batches per step; must divide --batch).
-    #[arg(long, default_value_t = default_config().grad_accum)]
-    pub grad_accum: usize,
-    /// AdamW learning rate.
-    #[arg(long, default_value_t = default_config().lr)]
-    pub lr: f64,
-    /// AdamW weight decay.
-    #[arg(long, default_value_t = default_config().weight_decay)]
-    pub weight_decay: f64,
-    /// Learning-rate warm-up steps.
-    #[arg(long, default_value_t = default_config().warmup)]
-    pub warmup: u64,
-    /// Clip the gradient norm.
-    #[arg(long)]
-    pub grad_clip: Option<f32>,
-    /// EMA decay.
-    #[arg(long, default_value_t = default_config().ema_decay)]
-    pub ema_decay: f64,
-    /// Noise-condition dropout probability p_t.
-    #[arg(long, default_value_t = default_config().noise_dropout)]
-    pub noise_dropout: f64,
-    /// Label dropout probability p_c.
-    #[arg(long, default_value_t = default_config().class_dropout)]
-    pub class_dropout: f64,
-    /// Train only noise-dropped samples (NAG fine-tuning).
-    #[arg(long)]
-    pub finetune_uncond_only: bool,
-    /// Fixed (not learned) variance, for the ddpm objective only.
-    #[arg(long)]
-    pub no_learn_sigma: bool,
-    /// Seed.
-    #[arg(long, default_value_t = default_config().seed)]
-    pub seed: u64,
-    /// Checkpoint every N steps.
-    #[arg(long, default_value_t = default_config().checkpoint_every)]
-    pub checkpoint_every: u64,
-    /// Log the loss every N steps.
-    #[arg(long, default_value_t = default_config().log_every)]
-    pub log_every: u64,
-    /// Data loader worker threads.
-    #[arg(long, default_value_t = default_config().workers)]
-    pub workers: usize,
-    /// Unreadable files in a dataset folder: `skip` (count them, warn once) or `fail`.
-    #[arg(long, value_name = "skip|fail")]
-    pub on_bad_file: Option<String>,
+    #[command(flatten)]
+    pub config: TrainConfig,
     /// Micro-batches computed at once, one thread each (does not change the result; with
-    /// --grad-accum = --threads = cores a CPU step uses every core).
+    /// --grad-accum = --threads = cores a CPU step uses every core) [default: the device's
+    /// cores, at most --grad-accum]
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Image size of generated datasets.
-    #[arg(long)]
-    pub image_size: Option<usize>,
-    /// Initial weights to fine-tune (.pt / .safetensors), e.g. DiT-XL-2-256x256.pt: the
-    /// network's shape and classes come from the file (--model is then ignored).
-    #[arg(long)]
-    pub init: Option<PathBuf>,
-    /// With --init: attention heads, when the file's hidden size is not a standard one.
-    #[arg(long, requires = "init")]
-    pub init_heads: Option<usize>,
-    /// With --init: fine-tune onto the data's own classes (a fresh label table of K + 1 rows,
-    /// the rest of the network loaded). Without it the class counts must match.
-    #[arg(long, requires = "init")]
-    pub new_classes: bool,
     /// Run directory.
     #[arg(long, default_value = "runs/default")]
     pub out: PathBuf,
@@ -142,79 +58,11 @@ pub struct TrainArgs {
     /// newer one is passed over, with the reason).
     #[arg(long)]
     pub resume: bool,
-    /// Keep this many of the newest checkpoints (at least 1; default 2, so that a damaged
-    /// newest one has a fallback).
-    #[arg(long)]
-    pub keep_checkpoints: Option<usize>,
 }
 
 /// The built-in default ([`TrainConfig::main_job`]), which `--help` prints.
 pub fn default_config() -> TrainConfig {
     TrainConfig::main_job()
-}
-
-fn parse_enum<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(value.to_ascii_lowercase()))
-        .with_context(|| format!("{flag}: unknown value '{value}'"))
-}
-
-/// Resolves the built-in defaults ← flags (a `--config` file arrives as flags).
-pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
-    let mut cfg = default_config();
-    macro_rules! set {
-        ($($field:ident),*) => { $( if let Some(v) = &args.$field { cfg.$field = v.clone().into(); } )* };
-    }
-    set!(threads, keep_checkpoints);
-    cfg.data = args.data.clone();
-    cfg.model = args.model.clone();
-    cfg.steps = args.steps;
-    cfg.batch = args.batch;
-    cfg.grad_accum = args.grad_accum;
-    cfg.lr = args.lr;
-    cfg.weight_decay = args.weight_decay;
-    cfg.warmup = args.warmup;
-    cfg.ema_decay = args.ema_decay;
-    cfg.noise_dropout = args.noise_dropout;
-    cfg.class_dropout = args.class_dropout;
-    cfg.seed = args.seed;
-    cfg.checkpoint_every = args.checkpoint_every;
-    cfg.log_every = args.log_every;
-    cfg.workers = args.workers;
-    if let Some(v) = args.grad_clip {
-        cfg.grad_clip = Some(v);
-    }
-    if let Some(v) = args.image_size {
-        cfg.image_size = Some(v);
-    }
-    if let Some(h) = args.init_heads {
-        cfg.init_heads = Some(h);
-    }
-    if args.new_classes {
-        cfg.new_classes = true;
-    }
-    if let Some(v) = &args.init {
-        cfg.init = Some(v.clone());
-    }
-    if let Some(o) = &args.objective {
-        cfg.objective = ObjectiveKind::parse(o)?;
-    }
-    if let Some(p) = &args.prediction {
-        cfg.prediction = parse_enum::<InterpolantTarget>("--prediction", p)?;
-    }
-    if let Some(v) = &args.on_bad_file {
-        cfg.on_bad_file = parse_enum::<OnError>("--on-bad-file", v)?;
-    }
-    if let Some(w) = &args.loss_weight {
-        cfg.loss_weight = parse_enum::<LossWeight>("--loss-weight", w)?;
-    }
-    if args.finetune_uncond_only {
-        cfg.finetune_uncond_only = true;
-    }
-    if args.no_learn_sigma {
-        cfg.learn_sigma = false;
-    }
-    cfg.validate()?;
-    Ok(cfg)
 }
 
 struct Task<'a> {
@@ -323,16 +171,20 @@ fn train_on<B: AutodiffBackend>(
 
 /// Runs `cargo xtask train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let mut cfg = resolve(args)?;
+    let mut cfg = args.config.clone();
     let (specs, cluster) = replica_layout(args)?;
     let spec = specs[0];
     let world = specs.len() * args.nodes as usize;
     // (`train_replicas` refuses a replica count that does not divide --grad-accum.)
-    if args.threads.is_none() {
+    cfg.threads = match args.threads {
+        Some(t) => t,
         // The cores are shared by this process's replicas.
-        let per_replica = (spec.concurrent_batches() / specs.len()).max(1);
-        cfg.threads = per_replica.min(cfg.grad_accum / world).max(1);
-    }
+        None => {
+            let per_replica = (spec.concurrent_batches() / specs.len()).max(1);
+            per_replica.min(cfg.grad_accum / world).max(1)
+        }
+    };
+    cfg.validate()?;
     let first_node = cluster.as_ref().is_none_or(|c| c.node_rank == 0);
     if first_node && args.out.is_dir() {
         // A run in progress there is named before anything else is said about the folder.

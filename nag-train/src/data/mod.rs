@@ -60,7 +60,17 @@ pub struct Batch {
 }
 
 /// What to do with a file that cannot be read or decoded (`--on-bad-file skip|fail`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnError {
     /// Skip the file (the next readable item takes its place), count it

@@ -9,55 +9,77 @@ use crate::data::{GmmConfig, GmmDataset};
 
 use super::{parse_schedule, EstimatorError};
 
-/// Options of [`train_estimator`]; stored in `estimator.json` (inside [`EstimatorMeta`]).
+/// Options of [`train_estimator`]; stored in `estimator.json` (inside [`EstimatorMeta`]), and
+/// `cargo xtask estimator train`'s flags (clap, and `--config FILE.toml` by the same names).
 ///
 /// The defaults train on the built-in 16-px `gmm` data in about two minutes on two CPU cores
 /// (release build).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct EstimatorTrainConfig {
-    /// Dataset spec (`gmm`, `shapes`, or a path; see [`open_dataset`]).
+    /// Dataset: gmm, gmm32, shapes, shapes32, shapes-scattered, or a path (image folder,
+    /// latents, IDX).
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().data)]
     pub data: String,
-    /// Image size of generated datasets (default 16).
+    /// Image size of generated datasets (gmm and shapes: 16 unless given).
+    #[arg(long)]
     pub image_size: Option<usize>,
-    /// Seed of generated dataset content; `None` = `seed` (the diffusion trainer's convention,
-    /// so an estimator and a model trained with the same `--seed` see the same `gmm` mixture).
+    /// Seed of the generated dataset content [default: --seed, as `cargo xtask train` does, so
+    /// an estimator and a model trained with the same --seed see the same gmm mixture].
+    #[arg(long)]
     pub data_seed: Option<u64>,
-    /// Noise schedule of the diffusion model whose states will be measured
-    /// ([`Schedule::from_name`]: `ddpm-linear`, `ddpm-cosine`, `linear`, `gvp`, `vp`).
+    /// Schedule of the diffusion model whose states will be measured: ddpm-linear,
+    /// ddpm-cosine, linear, gvp, vp.
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().schedule)]
     pub schedule: String,
-    /// Number of τ bins `K`.
+    /// Number of τ bins K.
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().bins)]
     pub bins: usize,
     /// Transformer blocks.
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().depth)]
     pub depth: usize,
-    /// Token width `D`.
+    /// Token width D.
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().hidden)]
     pub hidden: usize,
-    /// Attention heads (must divide `hidden`).
+    /// Attention heads (must divide --hidden).
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().heads)]
     pub heads: usize,
     /// Patch size (must divide the image size).
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().patch)]
     pub patch: usize,
-    /// Condition the estimator on the class label (`g_φ(τ | x, y)`).
+    /// Condition on the class label: g_φ(τ | x, y).
+    #[arg(long)]
     pub class_conditional: bool,
     /// Optimiser steps.
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().steps)]
     pub steps: u64,
     /// Batch size.
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().batch)]
     pub batch: usize,
-    /// Peak AdamW learning rate.
+    /// Peak AdamW learning rate (linear warm-up, then cosine decay to a tenth).
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().lr)]
     pub lr: f64,
     /// Linear warm-up steps.
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().warmup)]
     pub warmup: u64,
     /// Clip the gradient norm to this value.
+    #[arg(skip = EstimatorTrainConfig::default().grad_clip)]
     pub grad_clip: Option<f32>,
-    /// Uniform label smoothing `ε ∈ [0, 1)` (0 = one-hot targets, a calibrated posterior).
+    /// Uniform label smoothing ε in [0, 1) (0 keeps the posterior calibrated).
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().label_smoothing)]
     pub label_smoothing: f64,
     /// Seed of the initialisation, the batch order, the times and the noise.
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().seed)]
     pub seed: u64,
     /// Report progress every this many steps.
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().log_every)]
     pub log_every: u64,
     /// Items held out (the dataset's last ones, at most a tenth of it) for the final
-    /// evaluation of `mean |τ̂ − τ|`.
+    /// evaluation of mean |τ̂ − τ|.
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().eval_samples)]
     pub eval_samples: usize,
     /// Loader worker threads (0 = load on the training thread).
+    #[arg(long, default_value_t = EstimatorTrainConfig::default().workers)]
     pub workers: usize,
 }
 

@@ -14,7 +14,7 @@ use crate::data::{Dataset, OnError};
 use crate::objective::{InterpolantTarget, LossWeight};
 
 /// What the network is trained on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ObjectiveKind {
     /// DiT: DDPM ε-prediction on the 1000-step linear schedule (hybrid loss with learn_sigma).
@@ -53,78 +53,118 @@ impl ObjectiveKind {
     }
 }
 
-/// Everything a training run needs; stored in the run directory as `config.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Everything a training run needs; stored in the run directory as `config.json`. It is also
+/// `cargo xtask train`'s options (clap, and `--config FILE.toml` by the same names), with
+/// [`TrainConfig::main_job`] as the defaults `--help` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Dataset spec (`shapes`, `gmm`, or a path; see [`open_dataset`]).
+    /// Dataset: shapes, shapes32, shapes-scattered, gmm, or a path (image folder, latents,
+    /// IDX).
+    #[arg(long, default_value_t = TrainConfig::main_job().data)]
     pub data: String,
-    /// Model preset (`tiny`, `small`, `DiT-S/2`, …).
+    /// Model preset: tiny or small (CPU sizes, patch 2; tiny/4 for patch 4), SiT-tiny,
+    /// SiT-small, or {DiT,SiT}-{S,B,L,XL}/{2,4,8} (e.g. DiT-XL/2).
+    #[arg(long, default_value_t = TrainConfig::main_job().model)]
     pub model: String,
-    /// Objective.
+    /// Objective: ddpm (DiT), or linear, gvp or vp (SiT's interpolants).
+    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true, default_value_t = TrainConfig::main_job().objective)]
     pub objective: ObjectiveKind,
-    /// Interpolant target (interpolant objectives only).
+    /// What the network predicts, for the interpolant objectives (linear, gvp, vp) only:
+    /// velocity, noise or score (ddpm predicts ε, plus Σ unless --no-learn-sigma).
+    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true, default_value_t = TrainConfig::main_job().prediction)]
     pub prediction: InterpolantTarget,
-    /// Interpolant loss weighting.
+    /// Loss weighting, for the interpolant objectives (linear, gvp, vp) only: none, velocity
+    /// or likelihood.
+    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true, default_value_t = TrainConfig::main_job().loss_weight)]
     pub loss_weight: LossWeight,
     /// Learned variance (DDPM only; interpolants never learn σ).
+    #[arg(
+        long = "no-learn-sigma",
+        action = clap::ArgAction::SetFalse,
+        help = "Fixed (not learned) variance, for the ddpm objective only"
+    )]
     pub learn_sigma: bool,
     /// Optimiser steps.
+    #[arg(long, default_value_t = TrainConfig::main_job().steps)]
     pub steps: u64,
-    /// Global batch size.
+    /// Batch size (global: all micro-batches and replicas together).
+    #[arg(long, default_value_t = TrainConfig::main_job().batch)]
     pub batch: usize,
     /// Gradient accumulation: each optimiser step averages this many micro-batches of
-    /// `batch / grad_accum` samples.
+    /// --batch / --grad-accum samples (must divide --batch).
+    #[arg(long, default_value_t = TrainConfig::main_job().grad_accum)]
     pub grad_accum: usize,
     /// AdamW learning rate.
+    #[arg(long, default_value_t = TrainConfig::main_job().lr)]
     pub lr: f64,
     /// AdamW weight decay.
+    #[arg(long, default_value_t = TrainConfig::main_job().weight_decay)]
     pub weight_decay: f64,
-    /// Linear warm-up of the learning rate over this many steps (0 = none).
+    /// Learning-rate warm-up steps (linear; 0 = none).
+    #[arg(long, default_value_t = TrainConfig::main_job().warmup)]
     pub warmup: u64,
     /// Clip the gradient norm to this value.
+    #[arg(long)]
     pub grad_clip: Option<f32>,
     /// EMA decay.
+    #[arg(long, default_value_t = TrainConfig::main_job().ema_decay)]
     pub ema_decay: f64,
     /// EMA warm-up `min(d, (1+k)/(10+k))` (for short runs).
+    #[arg(skip = TrainConfig::main_job().ema_warmup)]
     pub ema_warmup: bool,
     /// Noise-condition dropout probability p_t.
+    #[arg(long, default_value_t = TrainConfig::main_job().noise_dropout)]
     pub noise_dropout: f64,
     /// Label dropout probability p_c.
+    #[arg(long, default_value_t = TrainConfig::main_job().class_dropout)]
     pub class_dropout: f64,
-    /// Train only on noise-dropped samples (NAG fine-tuning variant).
+    /// Train only noise-dropped samples (NAG fine-tuning).
+    #[arg(long)]
     pub finetune_uncond_only: bool,
     /// Seed of everything random in the run.
+    #[arg(long, default_value_t = TrainConfig::main_job().seed)]
     pub seed: u64,
-    /// Checkpoint every this many steps (and at the end).
+    /// Checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = TrainConfig::main_job().checkpoint_every)]
     pub checkpoint_every: u64,
-    /// Log the loss every this many steps.
+    /// Log the loss every N steps.
+    #[arg(long, default_value_t = TrainConfig::main_job().log_every)]
     pub log_every: u64,
-    /// Image size for generated datasets.
+    /// Image size of generated datasets.
+    #[arg(long)]
     pub image_size: Option<usize>,
-    /// Unreadable files in a user dataset: skip and count them (a warning on the first), or
-    /// stop with an error naming the file.
+    /// Unreadable files in a dataset folder: skip (count them, warn once) or fail (stop with
+    /// an error naming the file).
+    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true, value_name = "skip|fail", default_value_t = TrainConfig::main_job().on_bad_file)]
     pub on_bad_file: OnError,
-    /// Loader worker threads.
+    /// Data loader worker threads.
+    #[arg(long, default_value_t = TrainConfig::main_job().workers)]
     pub workers: usize,
     /// Micro-batches (see `grad_accum`) computed at once, each on its own thread with its own
     /// autodiff graph. Execution only: the gradients are summed in micro-batch order, so the
     /// weights are bit-identical for any value. On the CPU backends one training step uses
-    /// about one core, so `grad_accum = threads = cores` is the fast setting there.
+    /// about one core, so `grad_accum = threads = cores` is the fast setting there. (The CLI's
+    /// `--threads` defaults to the device's cores.)
+    #[arg(skip = TrainConfig::main_job().threads)]
     pub threads: usize,
-    /// Initial weights (`.pt`, `.safetensors`, or a run directory's EMA), e.g. an official
-    /// checkpoint to fine-tune for NAG.
+    /// Initial weights to fine-tune (.pt / .safetensors, or a run folder's EMA), e.g.
+    /// DiT-XL-2-256x256.pt: the network's shape and classes come from the file (--model is
+    /// then ignored).
+    #[arg(long)]
     pub init: Option<PathBuf>,
-    /// Attention heads of the `init` network when its hidden size is not a standard one
-    /// (DiT's sizes 384/768/1024/1152 imply 6/12/16/16).
+    /// With --init: attention heads, when the file's hidden size is not a standard one (DiT's
+    /// sizes 384/768/1024/1152 imply 6/12/16/16).
+    #[arg(long, requires = "init")]
     pub init_heads: Option<usize>,
-    /// Fine-tune `init` onto the data's own label set: the label table is rebuilt with
-    /// `K + 1` rows (`K` = the data's classes, last = null), drawn `N(0, 0.02)` from the run's
-    /// seed as at initialisation; everything else is loaded. Without it the data's class count
-    /// must equal the file's.
+    /// With --init: fine-tune onto the data's own classes (a fresh label table of K + 1 rows,
+    /// drawn N(0, 0.02) from the run's seed as at initialisation, the rest of the network
+    /// loaded). Without it the class counts must match.
+    #[arg(long, requires = "init")]
     pub new_classes: bool,
-    /// How many of the newest checkpoints to keep (at least 1; 2 leaves one to fall back on
-    /// if the newest is damaged).
+    /// Keep this many of the newest checkpoints (at least 1; 2 leaves a fallback if the newest
+    /// is damaged).
+    #[arg(long, default_value_t = TrainConfig::main_job().keep_checkpoints)]
     pub keep_checkpoints: usize,
 }
 
