@@ -203,3 +203,62 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        let matches = cli_command().try_get_matches_from(args).unwrap();
+        Cli::from_arg_matches(&matches).unwrap().command
+    }
+
+    /// The commands whose options are the library's config: with no flags they parse to the
+    /// library's own defaults, field for field.
+    #[test]
+    fn flagless_commands_parse_to_the_library_defaults() {
+        let Command::Train(t) = parse(&["xtask", "train"]) else {
+            unreachable!()
+        };
+        assert_eq!(t.config, nag_train::train::TrainConfig::main_job());
+        assert_eq!(t.threads, None);
+        let Command::Estimator(estimator::EstimatorCmd::Train(e)) =
+            parse(&["xtask", "estimator", "train"])
+        else {
+            unreachable!()
+        };
+        assert_eq!(e.config, Default::default());
+        let Command::Features(features::FeaturesCmd::Train(f)) =
+            parse(&["xtask", "features", "train"])
+        else {
+            unreachable!()
+        };
+        assert_eq!(f.config, Default::default());
+    }
+
+    /// Flags land in the fields they name; a switch that turns a default off does so.
+    #[test]
+    fn flags_set_the_config_fields() {
+        let Command::Train(t) = parse(&[
+            "xtask",
+            "train",
+            "--objective",
+            "LINEAR",
+            "--prediction",
+            "score",
+            "--grad-clip",
+            "0.5",
+            "--no-learn-sigma",
+            "--on-bad-file",
+            "fail",
+        ]) else {
+            unreachable!()
+        };
+        let c = t.config;
+        assert_eq!(c.objective, nag_train::train::ObjectiveKind::Linear);
+        assert_eq!(c.prediction, nag_train::objective::InterpolantTarget::Score);
+        assert_eq!(c.grad_clip, Some(0.5));
+        assert!(!c.learn_sigma);
+        assert_eq!(c.on_bad_file, nag_train::data::OnError::Fail);
+    }
+}

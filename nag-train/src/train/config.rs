@@ -105,7 +105,8 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = TrainConfig::main_job().warmup)]
     pub warmup: u64,
     /// Clip the gradient norm to this value.
-    #[arg(long)]
+    // The default is `main_job`'s, as text for clap; xtask's tests hold the two equal.
+    #[arg(long, default_value = "1")]
     pub grad_clip: Option<f32>,
     /// EMA decay.
     #[arg(long, default_value_t = TrainConfig::main_job().ema_decay)]
