@@ -49,36 +49,55 @@ pub enum EvalModel<'a> {
     },
 }
 
-/// The options of an evaluation (`cargo xtask eval`'s flags).
-#[derive(Debug, Clone)]
+/// The options of an evaluation: `cargo xtask eval`'s flags (clap, and `--config FILE.toml`
+/// by the same names).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct EvalConfig {
-    /// Generated samples, and real images.
+    /// Number of generated samples, and of real images (500 keeps a CPU eval of the tiny model
+    /// to a few minutes; FD is biased upwards at small n: compare runs at equal n, against the
+    /// real-vs-real FD printed next to it).
+    #[arg(long, default_value_t = 500)]
     pub n: usize,
     /// CFG scale (1 = off).
+    #[arg(long, default_value_t = 1.0)]
     pub cfg: f64,
     /// NAG weight (0 = off).
+    #[arg(long, default_value_t = 0.0)]
     pub nag: f64,
-    /// Sampler (default: DDPM for DDPM models, SDE otherwise).
+    /// Sampler: ddpm, ddim, sde or ode (default: ddpm for DiT, sde for SiT).
+    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true)]
     pub sampler: Option<SamplerKind>,
-    /// Sampling steps.
+    /// Sampling steps (ode: 0 = adaptive dopri5).
+    #[arg(long, default_value_t = 50)]
     pub steps: usize,
     /// DDIM η.
+    #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    /// Interpolant path of a SiT model.
+    /// Path of an interpolant (SiT) model: linear, gvp or vp.
+    #[arg(long, default_value = "linear")]
     pub path: String,
-    /// Do not clamp x̂0 to [−1, 1].
+    /// DDPM/DDIM: do not clamp x̂0 to [−1, 1].
+    #[arg(long)]
     pub no_clip: bool,
-    /// Seed of the sampling noise (batch `b`: `seed·φ + b`) and of the choice of real images.
+    /// Seed of the sampling noise (batch b: seed·φ + b) and of the choice of real images.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Feature classifier folder (default `<run>/features`, trained there if absent).
+    /// Feature classifier folder (default <run>/features; trained there on the fly if absent).
+    #[arg(long)]
     pub features: Option<PathBuf>,
-    /// Neighbourhood size of precision / recall.
+    /// Neighbourhood size k of precision / recall.
+    #[arg(long, default_value_t = 3)]
     pub k: usize,
-    /// InceptionV3 FID weights: also report FID.
+    /// InceptionV3 FID weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or a
+    /// safetensors conversion): also report FID (2048-d pool features of the real and generated
+    /// images; slow on the CPU, about 6 GFLOPs per image plus a 2048-d Fréchet distance).
+    #[arg(long)]
     pub inception: Option<PathBuf>,
-    /// Images sampled per batch.
+    /// Images sampled per batch (the CLI's `--batch`, which also serves the ADM evaluator).
+    #[arg(skip)]
     pub batch: usize,
     /// Sampling threads (one batch chunk each).
+    #[arg(skip)]
     pub threads: usize,
 }
 

@@ -18,7 +18,7 @@ use crate::sampling::{
 };
 
 /// Sampler family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum SamplerKind {
     /// DDPM ancestral (DiT's sampler; DDPM models only).
@@ -29,21 +29,6 @@ pub enum SamplerKind {
     Sde,
     /// Probability-flow ODE (Heun with `steps`, or dopri5 with `--steps 0`).
     Ode,
-}
-
-impl SamplerKind {
-    /// Parses `ddpm`, `ddim`, `sde` or `ode`.
-    pub fn parse(s: &str) -> Result<Self, GenerateError> {
-        match s.to_ascii_lowercase().as_str() {
-            "ddpm" => Ok(Self::Ddpm),
-            "ddim" => Ok(Self::Ddim),
-            "sde" => Ok(Self::Sde),
-            "ode" => Ok(Self::Ode),
-            _ => Err(GenerateError::Config(format!(
-                "unknown sampler '{s}': expected ddpm, ddim, sde or ode"
-            ))),
-        }
-    }
 }
 
 /// Parses `--variance`: `large` (`β_t`, DiT's fixed choice) or `small` (`β̃_t`).

@@ -22,7 +22,6 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_train::evaluate::{evaluate, EvalConfig, EvalEvent, EvalModel, EvalReport};
-use nag_train::generate::SamplerKind;
 
 use crate::progress::{FeatureBar, Progress};
 
@@ -52,46 +51,9 @@ pub struct EvalArgs {
     /// `runs/features-<data>` unless `--features` is given).
     #[command(flatten)]
     pub oracle: crate::oracle_args::OracleOpts,
-    /// Number of generated samples, and of real images (500 keeps a CPU eval of the tiny model
-    /// to a few minutes; FD is biased upwards at small n: compare runs at equal n, against the
-    /// real-vs-real FD printed next to it).
-    #[arg(long, default_value_t = 500)]
-    pub n: usize,
-    /// CFG scale (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub cfg: f64,
-    /// NAG weight (0 = off).
-    #[arg(long, default_value_t = 0.0)]
-    pub nag: f64,
-    /// Sampler: ddpm, ddim, sde or ode (default: ddpm for DiT, sde for SiT).
-    #[arg(long)]
-    pub sampler: Option<String>,
-    /// Sampling steps (ode: 0 = adaptive dopri5).
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    /// DDIM η.
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f64,
-    /// Path of an interpolant (SiT) model: linear, gvp or vp.
-    #[arg(long, default_value = "linear")]
-    pub path: String,
-    /// DDPM/DDIM: do not clamp x̂0 to [−1, 1].
-    #[arg(long)]
-    pub no_clip: bool,
-    /// Seed of the sampling noise and of the choice of real images.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Feature classifier folder (default <run>/features; trained there on the fly if absent).
-    #[arg(long)]
-    pub features: Option<PathBuf>,
-    /// Neighbourhood size k of precision / recall.
-    #[arg(long, default_value_t = 3)]
-    pub k: usize,
-    /// InceptionV3 FID weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or a
-    /// safetensors conversion): also report FID (2048-d pool features of the real and generated
-    /// images; slow on the CPU, about 6 GFLOPs per image plus a 2048-d Fréchet distance).
-    #[arg(long)]
-    pub inception: Option<PathBuf>,
+    /// What to sample and measure.
+    #[command(flatten)]
+    pub config: EvalConfig,
     /// Images sampled per batch (the noise seed of batch b is derived from --seed and b;
     /// default 250); with --samples, images per InceptionV3 forward (default 16).
     #[arg(long)]
@@ -111,24 +73,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let spec = DeviceSpec::parse(&args.device)?;
     let cfg = EvalConfig {
-        n: args.n,
-        cfg: args.cfg,
-        nag: args.nag,
-        sampler: args
-            .sampler
-            .as_deref()
-            .map(SamplerKind::parse)
-            .transpose()?,
-        steps: args.steps,
-        eta: args.eta,
-        path: args.path.clone(),
-        no_clip: args.no_clip,
-        seed: args.seed,
-        features: args.features.clone(),
-        k: args.k,
-        inception: args.inception.clone(),
         batch: args.batch.unwrap_or(DEFAULT_SAMPLE_BATCH),
         threads: spec.concurrent_batches(),
+        ..args.config.clone()
     };
     let report = dispatch(spec, Task { args, cfg: &cfg })??;
     if args.json {
@@ -149,7 +96,7 @@ impl BackendTask for Task<'_> {
     type Output = Result<EvalReport>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<EvalReport> {
         let args = self.args;
-        let oracle = args.oracle.build(args.seed, "--run")?;
+        let oracle = args.oracle.build(args.config.seed, "--run")?;
         let model = match (&args.run, &oracle) {
             (Some(dir), _) => EvalModel::Run(dir),
             (None, Some((oracle, gmm))) => EvalModel::Oracle {

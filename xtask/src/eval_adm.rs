@@ -34,19 +34,19 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             );
         }
     }
-    if args.inception.is_none() {
+    if args.config.inception.is_none() {
         bail!(
             "--samples needs --inception PATH: pytorch-fid's FID weights {} (.pth, or converted \
              to .safetensors)",
             nag_train::metrics::inception::PT_FID_WEIGHTS
         );
     }
-    check_inception(args.inception.as_deref())?;
+    check_inception(args.config.inception.as_deref())?;
     let batch = args.batch.unwrap_or(DEFAULT_BATCH);
     if batch == 0 {
         bail!("--batch must be at least 1");
     }
-    if args.k == 0 {
+    if args.config.k == 0 {
         bail!("--k must be at least 1");
     }
     let opts = AdmOptions {
@@ -55,13 +55,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         } else {
             InputScale::PytorchFid
         },
-        k: args.k,
+        k: args.config.k,
         ..AdmOptions::default()
     };
     let spec = DeviceSpec::parse(&args.device)?;
     let start = Instant::now();
     let task = Task {
         weights: args
+            .config
             .inception
             .as_deref()
             .context("--inception is required")?,
@@ -84,7 +85,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         "reference": reference.display().to_string(),
         "sample_stats_precomputed": report.sample_stats_precomputed,
         "reference_stats_precomputed": report.reference_stats_precomputed,
-        "inception": args.inception.as_ref().map(|p| p.display().to_string()),
+        "inception": args.config.inception.as_ref().map(|p| p.display().to_string()),
         "input_scale": opts.scale,
         "k": opts.k,
         "network": NETWORK_NOTE,

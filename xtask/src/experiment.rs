@@ -50,8 +50,14 @@ pub struct ExperimentArgs {
     #[arg(long, default_value_t = 250)]
     pub n: usize,
     /// Sampler: ddpm or ddim.
-    #[arg(long, default_value = "ddpm")]
-    pub sampler: String,
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        hide_possible_values = true,
+        default_value = "ddpm"
+    )]
+    pub sampler: SamplerKind,
     /// Sampling steps (respaced from the 1000 of training).
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
@@ -90,7 +96,7 @@ pub fn run(args: &ExperimentArgs) -> Result<()> {
         out: args.out.clone(),
         train,
         n: args.n,
-        sampler: SamplerKind::parse(&args.sampler)?,
+        sampler: args.sampler,
         steps: args.steps,
         nag: args.nag,
         nag_with_cfg: args.nag_with_cfg,

@@ -57,8 +57,8 @@ pub struct OracleArgs {
     #[arg(long, default_value = "ddpm")]
     pub objective: String,
     /// Sampler (default: ddpm for ddpm, sde otherwise).
-    #[arg(long)]
-    pub sampler: Option<String>,
+    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true)]
+    pub sampler: Option<SamplerKind>,
     /// Seed of the trajectories, the real items and the calibration noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -98,11 +98,7 @@ fn config(args: &OracleArgs, spec: DeviceSpec) -> Result<OracleStudyConfig> {
     Ok(OracleStudyConfig {
         data: args.data.clone(),
         objective: args.objective.clone(),
-        sampler: args
-            .sampler
-            .as_deref()
-            .map(SamplerKind::parse)
-            .transpose()?,
+        sampler: args.sampler,
         steps: args.steps.clone(),
         n: args.n,
         nag: args.nag.clone(),

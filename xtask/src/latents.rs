@@ -38,8 +38,15 @@ pub struct LatentsArgs {
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     /// Unreadable files: `skip` (count them) or `fail` (stop, naming the file).
-    #[arg(long, value_name = "skip|fail", default_value = "skip")]
-    pub on_bad_file: String,
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        hide_possible_values = true,
+        value_name = "skip|fail",
+        default_value = "skip"
+    )]
+    pub on_bad_file: OnError,
     /// Device: cpu, flex, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -86,15 +93,7 @@ pub fn run(args: &LatentsArgs) -> Result<()> {
     }
     let need =
         |v: &Option<PathBuf>, flag: &str| v.clone().with_context(|| format!("{flag} is required"));
-    let on_error: OnError = serde_json::from_value(serde_json::Value::String(
-        args.on_bad_file.to_ascii_lowercase(),
-    ))
-    .with_context(|| {
-        format!(
-            "--on-bad-file: unknown value '{}' (skip or fail)",
-            args.on_bad_file
-        )
-    })?;
+    let on_error = args.on_bad_file;
     let cfg = ExtractConfig {
         data: need(&args.data, "--data")?,
         vae: need(&args.vae, "--vae")?,

@@ -37,8 +37,8 @@ pub struct SampleArgs {
     #[arg(long, value_name = "N")]
     pub heads: Option<usize>,
     /// Sampler: ddpm, ddim, sde or ode (default: ddpm for DiT, sde for SiT).
-    #[arg(long)]
-    pub sampler: Option<String>,
+    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true)]
+    pub sampler: Option<SamplerKind>,
     /// Sampling steps (ode: 0 = adaptive dopri5).
     #[arg(long, default_value_t = 250)]
     pub steps: usize,
@@ -159,11 +159,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     let cfg = SampleImagesConfig {
         model,
         dog: args.dog.clone(),
-        sampler: args
-            .sampler
-            .as_deref()
-            .map(SamplerKind::parse)
-            .transpose()?,
+        sampler: args.sampler,
         steps: args.steps,
         eta: args.eta,
         cfg: args.cfg,

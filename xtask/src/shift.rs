@@ -22,8 +22,8 @@ pub struct ShiftArgs {
     #[arg(long, default_value = "large")]
     pub variance: String,
     /// Sampler for --run: ddpm, ddim, sde, ode (default: ddpm for DiT runs, sde for SiT runs).
-    #[arg(long)]
-    pub sampler: Option<String>,
+    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true)]
+    pub sampler: Option<nag_train::generate::SamplerKind>,
     /// Sampling steps for --run.
     #[arg(long, default_value_t = 100)]
     pub steps: usize,

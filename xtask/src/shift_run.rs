@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
-use nag_train::generate::{parse_variance, SamplerKind};
+use nag_train::generate::parse_variance;
 use nag_train::shift::{
     measure_trajectory_shift, ShiftModel, TrajectoryShiftConfig, TrajectoryShiftEvent,
     TrajectoryShiftReport,
@@ -27,11 +27,7 @@ pub fn run(args: &ShiftArgs) -> Result<()> {
     };
     let cfg = TrajectoryShiftConfig {
         model,
-        sampler: args
-            .sampler
-            .as_deref()
-            .map(SamplerKind::parse)
-            .transpose()?,
+        sampler: args.sampler,
         variance: parse_variance(&args.variance)?,
         steps: args.steps,
         nag: args.nag,

@@ -29,19 +29,6 @@ pub enum ObjectiveKind {
 }
 
 impl ObjectiveKind {
-    /// Parses `ddpm`, `linear`, `gvp` or `vp`.
-    pub fn parse(s: &str) -> Result<Self, TrainError> {
-        match s.to_ascii_lowercase().as_str() {
-            "ddpm" => Ok(Self::Ddpm),
-            "linear" => Ok(Self::Linear),
-            "gvp" => Ok(Self::Gvp),
-            "vp" => Ok(Self::Vp),
-            _ => Err(TrainError::Config(format!(
-                "unknown objective '{s}': expected ddpm, linear, gvp or vp"
-            ))),
-        }
-    }
-
     /// The continuous schedule of an interpolant objective.
     pub fn schedule(self) -> Option<Schedule> {
         match self {
