@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use clap::builder::ArgPredicate;
 use nag_core::guidance::Guidance;
 use nag_models::dit::{Dit, DitConfig, DitHints, TimeInput};
 use nag_models::vae::Vae;
@@ -63,45 +64,83 @@ pub enum SampleOutput {
     },
 }
 
-/// Options of [`sample_images`].
+/// Options of [`sample_images`]: the model, where the samples go, and how they are drawn.
 #[derive(Debug, Clone)]
 pub struct SampleImagesConfig {
     /// The model.
     pub model: ModelSource,
-    /// Domain Guidance: the pre-trained model (run folder or weights file) CFG's unconditional
-    /// branch comes from.
-    pub dog: Option<PathBuf>,
-    /// Sampler (default: DDPM ancestral for DDPM models, SDE otherwise).
-    pub sampler: Option<SamplerKind>,
-    /// Sampling steps (ode: 0 = adaptive).
-    pub steps: usize,
-    /// DDIM η.
-    pub eta: f64,
-    /// CFG scale (1 = off).
-    pub cfg: f64,
-    /// NAG weight (0 = off).
-    pub nag: f64,
-    /// Samples (per row with `compare`; default one per class, at least 8, with `compare`,
-    /// else 64).
-    pub n: Option<usize>,
-    /// Class of every sample (default: cycle through the classes).
-    pub class: Option<i64>,
-    /// Seed.
-    pub seed: u64,
-    /// The interpolant path of a SiT model: linear, gvp or vp.
-    pub path: String,
-    /// DDPM/DDIM: do not clamp x̂0 (clamping is on for pixel models, off for latent models).
-    pub no_clip: bool,
-    /// DDPM: the fixed variance of models without variance channels.
-    pub variance: FixedVariance,
-    /// A diffusers VAE folder that decodes latent samples.
-    pub vae: Option<PathBuf>,
-    /// Samples per batch of an `.npz` set and per VAE decode (does not change the images).
-    pub batch: usize,
-    /// Batch chunks evaluated concurrently (does not change the samples).
-    pub threads: usize,
     /// Grid or `.npz`.
     pub output: SampleOutput,
+    /// Batch chunks evaluated concurrently (does not change the samples).
+    pub threads: usize,
+    /// Sampler, guidance, count, seed.
+    pub options: SampleOptions,
+}
+
+/// How samples are drawn: `cargo xtask sample`'s sampling flags (clap, and `--config
+/// FILE.toml` by the same names). With `--compare` (a flag of the CLI's own) the defaults of
+/// `--cfg`, `--nag` and `--n` change, as their help says.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct SampleOptions {
+    /// DDPM: fixed variance of models without variance channels, large (β_t) or small (β̃_t).
+    #[arg(long, default_value = "large", value_parser = crate::generate::parse_variance)]
+    pub variance: FixedVariance,
+    /// Sampler: ddpm, ddim, sde or ode (default: ddpm for DiT, sde for SiT).
+    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true)]
+    pub sampler: Option<SamplerKind>,
+    /// Sampling steps (ode: 0 = adaptive dopri5).
+    #[arg(long, default_value_t = 250)]
+    pub steps: usize,
+    /// DDIM η.
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// CFG scale (1 = off; with --compare the default is 4).
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        default_value_if("compare", ArgPredicate::IsPresent, Some("4"))
+    )]
+    pub cfg: f64,
+    /// NAG weight (0 = off; with --compare the default is 3).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        default_value_if("compare", ArgPredicate::IsPresent, Some("3"))
+    )]
+    pub nag: f64,
+    /// Number of samples (per row with --compare, where the default is one per class, at
+    /// least 8).
+    #[arg(
+        long,
+        default_value = "64",
+        default_value_if("compare", ArgPredicate::IsPresent, None)
+    )]
+    pub n: Option<usize>,
+    /// Class of every sample (default: cycle through the classes).
+    #[arg(long)]
+    pub class: Option<i64>,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A diffusers VAE folder (e.g. sd-vae-ft-ema): decode latent samples to images,
+    /// `decode(latent / scaling_factor)`, for the grid and the .npz.
+    #[arg(long, value_name = "DIR")]
+    pub vae: Option<PathBuf>,
+    /// With --npz: samples per batch (does not change the images); also the VAE's decode batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Domain Guidance: the pre-trained model (a run folder or weights file) this one was
+    /// fine-tuned from; CFG's unconditional branch comes from it:
+    /// `pre(t,∅) + s·(ft(t,c) − pre(t,∅)) [+ w·(ft(t,c) − ft(∅t,c))]` with --cfg S [--nag W].
+    #[arg(long, value_name = "PRETRAINED", conflicts_with = "compare")]
+    pub dog: Option<PathBuf>,
+    /// Path of an interpolant (SiT) model: linear, gvp or vp.
+    #[arg(long, default_value = "linear")]
+    pub path: String,
+    /// DDPM/DDIM: do not clamp x̂0 to [−1, 1] (clamping is on for pixel models, off for
+    /// 4-channel latent models).
+    #[arg(long)]
+    pub no_clip: bool,
 }
 
 /// Progress of [`sample_images`].
@@ -278,15 +317,15 @@ fn identity(cfg: &SampleImagesConfig) -> Result<serde_json::Value, SampleImagesE
     Ok(serde_json::json!({
         "weights": weights,
         "kind": kind,
-        "vae": cfg.vae.as_ref().map(|v| v.display().to_string()),
-        "dog": cfg.dog.as_ref().map(|v| v.display().to_string()),
+        "vae": cfg.options.vae.as_ref().map(|v| v.display().to_string()),
+        "dog": cfg.options.dog.as_ref().map(|v| v.display().to_string()),
     }))
 }
 
 /// The guidance rows: with `compare` none / CFG / NAG / CFG+NAG (the CFG rows only for a
 /// class-conditional model), named as the grid labels them; else one unnamed row.
 fn rows(cfg: &SampleImagesConfig, classes: usize) -> Vec<(String, Guidance)> {
-    let (s, w) = (cfg.cfg, cfg.nag);
+    let (s, w) = (cfg.options.cfg, cfg.options.nag);
     match cfg.output {
         SampleOutput::Grid { compare: true, .. } => {
             let mut r = vec![("none".to_string(), Guidance::none())];
@@ -301,7 +340,7 @@ fn rows(cfg: &SampleImagesConfig, classes: usize) -> Vec<(String, Guidance)> {
         }
         _ => {
             let mut g = Guidance::cfg_nag(s, w);
-            g.dog = cfg.dog.is_some();
+            g.dog = cfg.options.dog.is_some();
             vec![(String::new(), g)]
         }
     }
@@ -315,20 +354,24 @@ pub fn sample_images<B: Backend>(
     device: &B::Device,
     mut on_event: impl FnMut(SampleEvent),
 ) -> Result<SampleOutcome, SampleImagesError> {
-    for (flag, v) in [("--cfg", cfg.cfg), ("--nag", cfg.nag), ("--eta", cfg.eta)] {
+    for (flag, v) in [
+        ("--cfg", cfg.options.cfg),
+        ("--nag", cfg.options.nag),
+        ("--eta", cfg.options.eta),
+    ] {
         if !v.is_finite() {
             return bad(format!("{flag} {v}: must be a finite number"));
         }
     }
     let compare = matches!(cfg.output, SampleOutput::Grid { compare: true, .. });
-    if cfg.batch == 0 {
+    if cfg.options.batch == 0 {
         return bad("--batch must be at least 1".into());
     }
     // The model: a network, or the oracle.
     let oracle;
     let (net, shape) = match &cfg.model {
         ModelSource::Oracle(spec) => {
-            let (built, gmm) = spec.build(cfg.seed)?;
+            let (built, gmm) = spec.build(cfg.options.seed)?;
             oracle = Some(built);
             (None, gmm.shape())
         }
@@ -351,7 +394,7 @@ pub fn sample_images<B: Backend>(
         ModelSource::Weights { kind, heads, .. } => (kind.as_str(), *heads),
         _ => ("dit", None),
     };
-    let reference = match (&cfg.dog, &net) {
+    let reference = match (&cfg.options.dog, &net) {
         (Some(path), Some(_)) => Some(
             load_network::<B>(path, kind, heads, device, &mut on_event).map_err(|e| {
                 SampleImagesError::Config(format!(
@@ -393,27 +436,28 @@ pub fn sample_images<B: Backend>(
         ),
         (None, None) => unreachable!("one of the two was built above"),
     };
-    let sampler = match cfg.sampler {
+    let sampler = match cfg.options.sampler {
         Some(s) => s,
         None if ddpm => SamplerKind::Ddpm,
         None => SamplerKind::Sde,
     };
     let path = match (&cfg.model, ddpm) {
         (ModelSource::Oracle(spec), false) => spec.objective.clone(),
-        _ => cfg.path.clone(),
+        _ => cfg.options.path.clone(),
     };
     let sample = SampleConfig {
         sampler,
-        steps: cfg.steps,
-        eta: cfg.eta,
-        seed: cfg.seed,
+        steps: cfg.options.steps,
+        eta: cfg.options.eta,
+        seed: cfg.options.seed,
         path,
-        clip_x0: !cfg.no_clip && SampleConfig::clip_for_channels(shape[0]),
+        clip_x0: !cfg.options.no_clip && SampleConfig::clip_for_channels(shape[0]),
         threads: cfg.threads,
-        variance: cfg.variance,
+        variance: cfg.options.variance,
     };
     let classes = num_classes as i64;
     let n = cfg
+        .options
         .n
         .unwrap_or(if compare { classes.max(8) as usize } else { 64 });
     if n == 0 {
@@ -430,7 +474,7 @@ pub fn sample_images<B: Backend>(
             "--n {n}: at most {MAX_NPZ} samples per .npz (FID-50K needs 50000)"
         ));
     }
-    if let Some(y) = cfg.class {
+    if let Some(y) = cfg.options.class {
         if !(0..classes).contains(&y) {
             return bad(format!(
                 "--class {y} is outside 0..{classes} (the model's classes)"
@@ -439,7 +483,8 @@ pub fn sample_images<B: Backend>(
     }
     let labels: Vec<i64> = (0..n as i64)
         .map(|i| {
-            cfg.class
+            cfg.options
+                .class
                 .unwrap_or(if classes > 0 { i % classes } else { 0 })
         })
         .collect();
@@ -449,7 +494,7 @@ pub fn sample_images<B: Backend>(
             rows.iter().map(|r| r.0.clone()).collect(),
         ));
     }
-    let vae = match &cfg.vae {
+    let vae = match &cfg.options.vae {
         Some(dir) => {
             let (vae, source) = Vae::<B>::load(dir, device)?;
             if vae.latent_channels() != shape[0] {
@@ -477,21 +522,21 @@ pub fn sample_images<B: Backend>(
         } => {
             let labels = if *balanced_labels {
                 LabelMode::Balanced
-            } else if let Some(y) = cfg.class {
+            } else if let Some(y) = cfg.options.class {
                 LabelMode::Fixed(y)
             } else {
                 LabelMode::Uniform
             };
             let spec = SampleSetSpec {
                 n,
-                batch: cfg.batch,
+                batch: cfg.options.batch,
                 labels,
                 guidance: rows[0].1,
                 identity: identity(cfg)?,
             };
             on_event(SampleEvent::SetStart {
                 n,
-                batch: cfg.batch,
+                batch: cfg.options.batch,
                 labels: labels.name(),
             });
             let summary = sample_set(
@@ -521,7 +566,7 @@ pub fn sample_images<B: Backend>(
                 on_event(SampleEvent::Step {
                     row,
                     step: info.step + 1,
-                    steps: cfg.steps,
+                    steps: cfg.options.steps,
                 })
             };
             sampled.generate(&labels, *g, &sample, Some(&mut cb))?
@@ -550,7 +595,7 @@ pub fn sample_images<B: Backend>(
     let (values, shape) = match &vae {
         Some((vae, scale)) => {
             let z: Vec<f32> = values.iter().map(|v| v / *scale as f32).collect();
-            decode_latents(vae, &z, shape, cfg.batch, device, &mut |_| {})?
+            decode_latents(vae, &z, shape, cfg.options.batch, device, &mut |_| {})?
         }
         None => (values, shape),
     };

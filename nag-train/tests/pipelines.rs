@@ -9,7 +9,8 @@ use burn_ndarray::NdArray;
 use nag_train::data::{open_gmm, DataOptions, Dataset};
 use nag_train::oracle::OracleSpec;
 use nag_train::sample_images::{
-    sample_images, ModelSource, SampleEvent, SampleImagesConfig, SampleOutcome, SampleOutput,
+    sample_images, ModelSource, SampleEvent, SampleImagesConfig, SampleOptions, SampleOutcome,
+    SampleOutput,
 };
 use nag_train::sampling::FixedVariance;
 use nag_train::shift::{
@@ -35,27 +36,36 @@ fn folder(name: &str) -> PathBuf {
     dir
 }
 
+/// [`compare_config`] with one sampling option changed.
+fn with_options(out: PathBuf, change: impl FnOnce(&mut SampleOptions)) -> SampleImagesConfig {
+    let mut cfg = compare_config(out);
+    change(&mut cfg.options);
+    cfg
+}
+
 fn compare_config(out: PathBuf) -> SampleImagesConfig {
     SampleImagesConfig {
         model: ModelSource::Oracle(oracle()),
-        dog: None,
-        sampler: None,
-        steps: 4,
-        eta: 0.0,
-        cfg: 4.0,
-        nag: 3.0,
-        n: None,
-        class: None,
-        seed: 3,
-        path: "linear".into(),
-        no_clip: false,
-        variance: FixedVariance::default(),
-        vae: None,
-        batch: 32,
         threads: 1,
         output: SampleOutput::Grid {
             path: out,
             compare: true,
+        },
+        options: SampleOptions {
+            dog: None,
+            sampler: None,
+            steps: 4,
+            eta: 0.0,
+            cfg: 4.0,
+            nag: 3.0,
+            n: None,
+            class: None,
+            seed: 3,
+            path: "linear".into(),
+            no_clip: false,
+            variance: FixedVariance::default(),
+            vae: None,
+            batch: 32,
         },
     }
 }
@@ -78,7 +88,11 @@ fn sample_images_writes_a_labelled_compare_grid_and_refuses_bad_options_first() 
     })
     .unwrap();
     assert_eq!(rows, ["none", "CFG 4", "NAG 3", "CFG 4 + NAG 3"]);
-    assert_eq!(steps, rows.len() * cfg.steps, "one event per sampler step");
+    assert_eq!(
+        steps,
+        rows.len() * cfg.options.steps,
+        "one event per sampler step"
+    );
     let SampleOutcome::Grid(path) = outcome else {
         panic!("a grid was asked for")
     };
@@ -104,26 +118,17 @@ fn sample_images_writes_a_labelled_compare_grid_and_refuses_bad_options_first() 
     for (label, bad, flag) in [
         (
             "cfg",
-            SampleImagesConfig {
-                cfg: f64::NAN,
-                ..compare_config(dir.join("c.png"))
-            },
+            with_options(dir.join("c.png"), |o| o.cfg = f64::NAN),
             "--cfg",
         ),
         (
             "class",
-            SampleImagesConfig {
-                class: Some(classes as i64),
-                ..compare_config(dir.join("c.png"))
-            },
+            with_options(dir.join("c.png"), |o| o.class = Some(classes as i64)),
             "--class",
         ),
         (
             "n",
-            SampleImagesConfig {
-                n: Some(0),
-                ..compare_config(dir.join("c.png"))
-            },
+            with_options(dir.join("c.png"), |o| o.n = Some(0)),
             "--n",
         ),
     ] {

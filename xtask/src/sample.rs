@@ -5,17 +5,17 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
-use clap::builder::ArgPredicate;
 use clap::Args;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
-use nag_train::generate::{parse_variance, SamplerKind};
 use nag_train::sample_images::{
-    sample_images, ModelSource, SampleEvent, SampleImagesConfig, SampleOutcome, SampleOutput,
+    sample_images, ModelSource, SampleEvent, SampleImagesConfig, SampleOptions, SampleOutcome,
+    SampleOutput,
 };
 
 use crate::progress::Progress;
 
-/// Arguments of `cargo xtask sample`.
+/// Arguments of `cargo xtask sample`: which model, where the samples go, and the
+/// [`SampleOptions`] that say how they are drawn.
 #[derive(Debug, Args)]
 pub struct SampleArgs {
     /// Run directory of `cargo xtask train` (reads its EMA weights).
@@ -24,9 +24,6 @@ pub struct SampleArgs {
     /// The exact gmm model instead of a network.
     #[command(flatten)]
     pub oracle: crate::oracle_args::OracleOpts,
-    /// DDPM: fixed variance of models without variance channels, large (β_t) or small (β̃_t).
-    #[arg(long, default_value = "large")]
-    pub variance: String,
     /// Weights file instead of a run: .pt / .safetensors (official DiT/SiT files load as they are).
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -36,43 +33,8 @@ pub struct SampleArgs {
     /// With --weights: attention heads (default: the standard count for the hidden size).
     #[arg(long, value_name = "N")]
     pub heads: Option<usize>,
-    /// Sampler: ddpm, ddim, sde or ode (default: ddpm for DiT, sde for SiT).
-    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true)]
-    pub sampler: Option<SamplerKind>,
-    /// Sampling steps (ode: 0 = adaptive dopri5).
-    #[arg(long, default_value_t = 250)]
-    pub steps: usize,
-    /// DDIM η.
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f64,
-    /// CFG scale (1 = off; with --compare the default is 4).
-    #[arg(
-        long,
-        default_value_t = 1.0,
-        default_value_if("compare", ArgPredicate::IsPresent, Some("4"))
-    )]
-    pub cfg: f64,
-    /// NAG weight (0 = off; with --compare the default is 3).
-    #[arg(
-        long,
-        default_value_t = 0.0,
-        default_value_if("compare", ArgPredicate::IsPresent, Some("3"))
-    )]
-    pub nag: f64,
-    /// Number of samples (per row with --compare, where the default is one per class, at
-    /// least 8).
-    #[arg(
-        long,
-        default_value = "64",
-        default_value_if("compare", ArgPredicate::IsPresent, None)
-    )]
-    pub n: Option<usize>,
-    /// Class of every sample (default: cycle through the classes).
-    #[arg(long)]
-    pub class: Option<i64>,
-    /// Seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub options: SampleOptions,
     /// Output PNG grid, a .png file (default: <run>/samples.png or <run>/compare.png).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -81,18 +43,6 @@ pub struct SampleArgs {
     /// batches of --batch with a progress bar and resumes an interrupted run (same options).
     #[arg(long, conflicts_with = "compare")]
     pub npz: Option<PathBuf>,
-    /// A diffusers VAE folder (e.g. sd-vae-ft-ema): decode latent samples to images,
-    /// `decode(latent / scaling_factor)`, for the grid and the .npz.
-    #[arg(long, value_name = "DIR")]
-    pub vae: Option<PathBuf>,
-    /// With --npz: samples per batch (does not change the images).
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Domain Guidance: the pre-trained model (a run folder or weights file) this one was
-    /// fine-tuned from; CFG's unconditional branch comes from it:
-    /// `pre(t,∅) + s·(ft(t,c) − pre(t,∅)) [+ w·(ft(t,c) − ft(∅t,c))]` with --cfg S [--nag W].
-    #[arg(long, value_name = "PRETRAINED", conflicts_with = "compare")]
-    pub dog: Option<PathBuf>,
     /// With --npz: the same number of samples per class (label i = i mod classes) instead of
     /// i.i.d. uniform labels as DiT's sample_ddp.py draws them.
     #[arg(long, conflicts_with = "class")]
@@ -102,13 +52,6 @@ pub struct SampleArgs {
     /// written in the image.
     #[arg(long)]
     pub compare: bool,
-    /// Path of an interpolant (SiT) model: linear, gvp or vp.
-    #[arg(long, default_value = "linear")]
-    pub path: String,
-    /// DDPM/DDIM: do not clamp x̂0 to [−1, 1] (clamping is on for pixel models, off for
-    /// 4-channel latent models).
-    #[arg(long)]
-    pub no_clip: bool,
     /// Device: cpu, flex, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -158,22 +101,9 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     };
     let cfg = SampleImagesConfig {
         model,
-        dog: args.dog.clone(),
-        sampler: args.sampler,
-        steps: args.steps,
-        eta: args.eta,
-        cfg: args.cfg,
-        nag: args.nag,
-        n: args.n,
-        class: args.class,
-        seed: args.seed,
-        path: args.path.clone(),
-        no_clip: args.no_clip,
-        variance: parse_variance(&args.variance)?,
-        vae: args.vae.clone(),
-        batch: args.batch,
-        threads: spec.concurrent_batches(),
         output,
+        threads: spec.concurrent_batches(),
+        options: args.options.clone(),
     };
     match dispatch(spec, Task { cfg: &cfg })?? {
         SampleOutcome::Grid(path) => println!("wrote {}", path.display()),
@@ -227,8 +157,8 @@ impl BackendTask for Task<'_> {
                 eprintln!(
                     "rows: {} (CFG scale {}, NAG weight {})",
                     names.join(", "),
-                    cfg.cfg,
-                    cfg.nag
+                    cfg.options.cfg,
+                    cfg.options.nag
                 );
             }
             SampleEvent::Step { row, step, steps } => {
