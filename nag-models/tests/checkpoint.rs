@@ -14,20 +14,14 @@ use nag_models::checkpoint::{
 use nag_models::npy::{self, NpyArray, NpyData, NpyError};
 use nag_models::{CheckpointError, Dit, DitHints, StateDict};
 
+mod common;
+
 type B = NdArray<f32>;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use common::fixture;
 
-/// A fresh empty directory under the target dir, unique per test.
 fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nag-ckpt-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("ckpt", test)
 }
 
 fn load(path: &Path) -> (StateDict, SourceInfo) {

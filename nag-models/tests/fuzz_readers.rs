@@ -13,6 +13,8 @@
 //! number of cases (default 1; the suite takes a few seconds in a debug build);
 //! `NAG_FUZZ_CASE=n` runs case `n` only (of the readers selected by the test filter).
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::Write;
@@ -294,11 +296,7 @@ fn mutate(rng: &mut StdRng, data: &mut Vec<u8>, tokens: &[&[u8]]) -> Vec<String>
 // ---------------------------------------------------------------------------------------------
 // The driver
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use common::fixture;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("nag-fuzz-{}", std::process::id()));

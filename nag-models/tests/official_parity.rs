@@ -2,7 +2,7 @@
 //! a copy of DiT's `models.py`, random weights, torch's own f32 kernels): at t = 0 and 999,
 //! with the null label `y = num_classes` that DiT feeds to CFG's unconditional half.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_ndarray::NdArray;
@@ -11,12 +11,12 @@ use nag_models::dit::timestep_embedding;
 use nag_models::npy::read_npy;
 use nag_models::{Dit, DitHints};
 
+mod common;
+
 type B = NdArray<f32>;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/dit_f32")
-        .join(name)
+    common::fixture("dit_f32").join(name)
 }
 
 fn read(name: &str) -> (Vec<usize>, Vec<f32>) {

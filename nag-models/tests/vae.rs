@@ -13,19 +13,16 @@ use nag_models::npy::read_npy;
 use nag_models::vae::{save_diffusers_folder, VaeSource, DEFAULT_SCALING_FACTOR};
 use nag_models::{CheckpointError, StateDict, Vae, VaeConfig, VaeError};
 
+mod common;
+
 type B = NdArray<f32>;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/vae")
-        .join(name)
+    common::fixture("vae").join(name)
 }
 
 fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nag-vae-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("vae", test)
 }
 
 fn tensor(name: &str) -> Tensor<B, 4> {

@@ -43,6 +43,39 @@ fn read_back<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         .expect("a float tensor reads back as f32")
 }
 
+/// Runs `f(start, batch)` on `values` (`[N, C, H, W]` row-major, `shape`) in batches of `batch`
+/// items uploaded to `device`, reporting the number of items done after each; `what` names the
+/// values in the length error.
+fn in_batches<B: Backend>(
+    values: &[f32],
+    shape: [usize; 4],
+    batch: usize,
+    what: &str,
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize),
+    mut f: impl FnMut(usize, Tensor<B, 4>) -> Result<(), VaeError>,
+) -> Result<(), VaeError> {
+    let [n, c, h, w] = shape;
+    let per = c * h * w;
+    if values.len() != n * per {
+        return Err(VaeError::Input(format!(
+            "{} values for {what} shape {shape:?}",
+            values.len()
+        )));
+    }
+    let batch = batch.max(1);
+    for start in (0..n).step_by(batch) {
+        let len = batch.min(n - start);
+        let data = TensorData::new(
+            values[start * per..(start + len) * per].to_vec(),
+            [len, c, h, w],
+        );
+        f(start, Tensor::from_data(data, device))?;
+        progress(start + len);
+    }
+    Ok(())
+}
+
 /// Encodes `images` (`[N, C, H, W]` row-major, `shape`) in batches of `batch`, reporting the
 /// number of images done after each batch.
 pub fn encode_images<B: Backend>(
@@ -54,48 +87,40 @@ pub fn encode_images<B: Backend>(
     device: &B::Device,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Encoded, VaeError> {
-    let [n, c, h, w] = shape;
-    if images.len() != n * c * h * w {
-        return Err(VaeError::Input(format!(
-            "{} values for image shape {shape:?}",
-            images.len()
-        )));
-    }
-    let per = c * h * w;
-    let batch = batch.max(1);
+    let n = shape[0];
     let mut latents = Vec::new();
     let mut std = Vec::new();
     let mut out_shape = [n, 0, 0, 0];
-    for start in (0..n).step_by(batch) {
-        let len = batch.min(n - start);
-        let x = Tensor::<B, 4>::from_data(
-            TensorData::new(
-                images[start * per..(start + len) * per].to_vec(),
-                [len, c, h, w],
-            ),
-            device,
-        );
-        let posterior = vae.encode(x)?;
-        let [_, lc, lh, lw] = posterior.mean.dims();
-        out_shape = [n, lc, lh, lw];
-        let s = read_back(posterior.std());
-        let m = match draw {
-            LatentDraw::Mean => read_back(posterior.mean),
-            LatentDraw::Sample { seed } => {
-                let eps =
-                    SeededNormal::per_sample(seed, start as u64).normal_rows(len, lc * lh * lw);
-                let mean = read_back(posterior.mean);
-                mean.iter()
-                    .zip(&s)
-                    .zip(&eps)
-                    .map(|((m, s), e)| m + s * e)
-                    .collect()
-            }
-        };
-        latents.extend(m);
-        std.extend(s);
-        progress(start + len);
-    }
+    in_batches(
+        images,
+        shape,
+        batch,
+        "image",
+        device,
+        progress,
+        |start, x| {
+            let posterior = vae.encode(x)?;
+            let [len, lc, lh, lw] = posterior.mean.dims();
+            out_shape = [n, lc, lh, lw];
+            let s = read_back(posterior.std());
+            let m = match draw {
+                LatentDraw::Mean => read_back(posterior.mean),
+                LatentDraw::Sample { seed } => {
+                    let eps =
+                        SeededNormal::per_sample(seed, start as u64).normal_rows(len, lc * lh * lw);
+                    let mean = read_back(posterior.mean);
+                    mean.iter()
+                        .zip(&s)
+                        .zip(&eps)
+                        .map(|((m, s), e)| m + s * e)
+                        .collect()
+                }
+            };
+            latents.extend(m);
+            std.extend(s);
+            Ok(())
+        },
+    )?;
     Ok(Encoded {
         shape: out_shape,
         latents,
@@ -113,32 +138,16 @@ pub fn decode_latents<B: Backend>(
     device: &B::Device,
     progress: &mut dyn FnMut(usize),
 ) -> Result<(Vec<f32>, [usize; 4]), VaeError> {
-    let [n, c, h, w] = shape;
-    if latents.len() != n * c * h * w {
-        return Err(VaeError::Input(format!(
-            "{} values for latent shape {shape:?}",
-            latents.len()
-        )));
-    }
-    let per = c * h * w;
-    let batch = batch.max(1);
+    let n = shape[0];
     let mut images = Vec::new();
     let mut out_shape = [n, 0, 0, 0];
-    for start in (0..n).step_by(batch) {
-        let len = batch.min(n - start);
-        let z = Tensor::<B, 4>::from_data(
-            TensorData::new(
-                latents[start * per..(start + len) * per].to_vec(),
-                [len, c, h, w],
-            ),
-            device,
-        );
+    in_batches(latents, shape, batch, "latent", device, progress, |_, z| {
         let x = vae.decode(z)?;
         let [_, oc, oh, ow] = x.dims();
         out_shape = [n, oc, oh, ow];
         images.extend(read_back(x));
-        progress(start + len);
-    }
+        Ok(())
+    })?;
     Ok((images, out_shape))
 }
 
