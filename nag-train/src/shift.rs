@@ -24,7 +24,7 @@ mod trajectories;
 pub use analytic::{analytic_shift, AnalyticRow, AnalyticShift};
 pub use trajectories::{
     measure, measure_trajectory_shift, reference_calibration, Setting, ShiftModel, TrajectoryError,
-    TrajectoryShiftConfig, TrajectoryShiftEvent, TrajectoryShiftReport,
+    TrajectoryOptions, TrajectoryShiftConfig, TrajectoryShiftEvent, TrajectoryShiftReport,
 };
 
 /// The schedule on which a trained run's noise levels are measured: DDPM's linear β schedule

@@ -14,7 +14,8 @@ use nag_train::sample_images::{
 };
 use nag_train::sampling::FixedVariance;
 use nag_train::shift::{
-    measure_trajectory_shift, ShiftModel, TrajectoryShiftConfig, TrajectoryShiftEvent,
+    measure_trajectory_shift, ShiftModel, TrajectoryOptions, TrajectoryShiftConfig,
+    TrajectoryShiftEvent,
 };
 
 type B = NdArray<f32>;
@@ -150,16 +151,18 @@ fn trajectory_shift_measures_both_settings_and_writes_its_report() {
     let dir = folder("shift");
     let cfg = TrajectoryShiftConfig {
         model: ShiftModel::Oracle(oracle()),
-        sampler: None,
-        variance: FixedVariance::default(),
-        steps: 6,
-        nag: 3.0,
-        cfg: 1.0,
-        estimator: None,
-        n: 4,
-        seed: 0,
         out: dir.clone(),
         threads: 1,
+        options: TrajectoryOptions {
+            sampler: None,
+            variance: FixedVariance::default(),
+            steps: 6,
+            nag: 3.0,
+            cfg: 1.0,
+            estimator: None,
+            n: 4,
+            seed: 0,
+        },
     };
     let (mut steps, mut measured) = (0, Vec::new());
     let report = measure_trajectory_shift::<B>(&cfg, &Default::default(), |e| match e {
@@ -170,12 +173,12 @@ fn trajectory_shift_measures_both_settings_and_writes_its_report() {
         TrajectoryShiftEvent::Measured { name, .. } => measured.push(name),
     })
     .unwrap();
-    assert_eq!(steps, 2 * cfg.steps);
+    assert_eq!(steps, 2 * cfg.options.steps);
     assert_eq!(measured, ["no NAG", "NAG w=3"]);
     assert_eq!(report.measure, "exact");
     assert_eq!(report.settings.len(), 2);
     for s in &report.settings {
-        assert_eq!(s.steps.len(), cfg.steps, "{}", s.name);
+        assert_eq!(s.steps.len(), cfg.options.steps, "{}", s.name);
         assert!(s.late_delta.is_finite());
     }
     // (Compared as text: serde_json's default float parsing does not round-trip every bit.)
@@ -188,7 +191,10 @@ fn trajectory_shift_measures_both_settings_and_writes_its_report() {
 
     let err = measure_trajectory_shift::<B>(
         &TrajectoryShiftConfig {
-            n: 1,
+            options: TrajectoryOptions {
+                n: 1,
+                ..cfg.options.clone()
+            },
             ..cfg.clone()
         },
         &Default::default(),

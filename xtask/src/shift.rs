@@ -17,34 +17,11 @@ pub struct ShiftArgs {
     /// The exact gmm model instead of a run (`--model oracle`).
     #[command(flatten)]
     pub oracle: crate::oracle_args::OracleOpts,
-    /// DDPM sampler: fixed variance for models without variance channels, large (β_t, DiT's
-    /// default) or small (β̃_t).
-    #[arg(long, default_value = "large")]
-    pub variance: String,
-    /// Sampler for --run: ddpm, ddim, sde, ode (default: ddpm for DiT runs, sde for SiT runs).
-    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true)]
-    pub sampler: Option<nag_train::generate::SamplerKind>,
-    /// Sampling steps for --run.
-    #[arg(long, default_value_t = 100)]
-    pub steps: usize,
-    /// NAG weight of the guided trajectories (the unguided ones use 0).
-    #[arg(long, default_value_t = 3.0)]
-    pub nag: f64,
-    /// CFG scale of both (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub cfg: f64,
+    #[command(flatten)]
+    pub trajectories: nag_train::shift::TrajectoryOptions,
     /// Measure with the exact posterior of the run's Gaussian-mixture data (gmm runs; default).
     #[arg(long, conflicts_with = "estimator")]
     pub exact: bool,
-    /// Measure with a trained noise-level estimator (any data): its directory or file.
-    #[arg(long)]
-    pub estimator: Option<PathBuf>,
-    /// Trajectories (samples) per setting.
-    #[arg(long, default_value_t = 64)]
-    pub n: usize,
-    /// Seed of the trajectories (the same for both settings).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Output folder for shift.json and shift.png (default: the run folder).
     #[arg(long)]
     pub out: Option<PathBuf>,

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
-use nag_train::generate::parse_variance;
 use nag_train::shift::{
     measure_trajectory_shift, ShiftModel, TrajectoryShiftConfig, TrajectoryShiftEvent,
     TrajectoryShiftReport,
@@ -27,20 +26,13 @@ pub fn run(args: &ShiftArgs) -> Result<()> {
     };
     let cfg = TrajectoryShiftConfig {
         model,
-        sampler: args.sampler,
-        variance: parse_variance(&args.variance)?,
-        steps: args.steps,
-        nag: args.nag,
-        cfg: args.cfg,
-        estimator: args.estimator.clone(),
-        n: args.n,
-        seed: args.seed,
         out: match (&args.out, &args.run) {
             (Some(out), _) => out.clone(),
             (None, Some(run)) => run.clone(),
             (None, None) => PathBuf::from("runs/shift-oracle"),
         },
         threads: spec.concurrent_batches(),
+        options: args.trajectories.clone(),
     };
     let report = dispatch(spec, Task { cfg: &cfg })??;
     if args.json {

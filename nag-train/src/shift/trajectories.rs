@@ -33,31 +33,50 @@ pub enum ShiftModel {
     Oracle(OracleSpec),
 }
 
-/// Options of [`measure_trajectory_shift`].
+/// Options of [`measure_trajectory_shift`]: the model, where the report goes, and how the
+/// trajectories are drawn and measured.
 #[derive(Debug, Clone)]
 pub struct TrajectoryShiftConfig {
     /// The model.
     pub model: ShiftModel,
-    /// Sampler (default: DDPM ancestral for DDPM models, SDE otherwise).
-    pub sampler: Option<SamplerKind>,
-    /// DDPM: the fixed variance of models without variance channels.
-    pub variance: FixedVariance,
-    /// Sampling steps.
-    pub steps: usize,
-    /// NAG weight of the guided trajectories (the unguided ones use 0).
-    pub nag: f64,
-    /// CFG scale of both (1 = off).
-    pub cfg: f64,
-    /// A trained noise-level estimator (folder or file) instead of the exact posterior.
-    pub estimator: Option<PathBuf>,
-    /// Trajectories per setting (≥ 2), also the number of calibration items.
-    pub n: usize,
-    /// Seed of the trajectories (the same for both settings) and of the calibration.
-    pub seed: u64,
     /// Folder for `shift.json` and `shift.png`.
     pub out: PathBuf,
     /// Batch chunks evaluated concurrently (does not change the result).
     pub threads: usize,
+    /// Sampler, guidance, count, seed, noise meter.
+    pub options: TrajectoryOptions,
+}
+
+/// How the trajectories are drawn and measured: `cargo xtask shift --run`'s flags (clap, and
+/// `--config FILE.toml` by the same names).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct TrajectoryOptions {
+    /// DDPM sampler: fixed variance for models without variance channels, large (β_t, DiT's
+    /// default) or small (β̃_t).
+    #[arg(long, default_value = "large", value_parser = crate::generate::parse_variance)]
+    pub variance: FixedVariance,
+    /// Sampler for --run: ddpm, ddim, sde, ode (default: ddpm for DiT runs, sde for SiT runs).
+    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true)]
+    pub sampler: Option<SamplerKind>,
+    /// Sampling steps for --run.
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// NAG weight of the guided trajectories (the unguided ones use 0).
+    #[arg(long, default_value_t = 3.0)]
+    pub nag: f64,
+    /// CFG scale of both (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub cfg: f64,
+    /// Measure with a trained noise-level estimator (any data): its directory or file (else
+    /// the exact posterior of the run's Gaussian-mixture data).
+    #[arg(long)]
+    pub estimator: Option<PathBuf>,
+    /// Trajectories (samples) per setting (≥ 2), also the number of calibration items.
+    #[arg(long, default_value_t = 64)]
+    pub n: usize,
+    /// Seed of the trajectories (the same for both settings) and of the calibration.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// Progress of [`measure_trajectory_shift`].
@@ -201,15 +220,15 @@ pub fn reference_calibration<B: Backend>(
     Ok(Calibration::new(x0, &labels, schedule, seed)?)
 }
 
-/// Samples `cfg.n` trajectories without and with NAG from the same seeds, measures the noise
-/// level of every state (exact mixture posterior, or `cfg.estimator`), calibrates on
+/// Samples `cfg.options.n` trajectories without and with NAG from the same seeds, measures the noise
+/// level of every state (exact mixture posterior, or `cfg.options.estimator`), calibrates on
 /// forward-noised real items, and writes `shift.json` and `shift.png` into `cfg.out`.
 pub fn measure_trajectory_shift<B: Backend>(
     cfg: &TrajectoryShiftConfig,
     device: &B::Device,
     mut on_event: impl FnMut(TrajectoryShiftEvent),
 ) -> Result<TrajectoryShiftReport, TrajectoryError> {
-    if cfg.n < 2 {
+    if cfg.options.n < 2 {
         return Err(TrajectoryError::Config(
             "--n must be at least 2 (the standard errors need two trajectories)".into(),
         ));
@@ -260,7 +279,7 @@ pub fn measure_trajectory_shift<B: Backend>(
             )
         }
         ShiftModel::Oracle(spec) => {
-            let (built, gmm) = spec.build(cfg.seed)?;
+            let (built, gmm) = spec.build(cfg.options.seed)?;
             oracle = built;
             let ddpm = matches!(oracle.schedule(), Schedule::Ddpm(_));
             let classes = oracle.num_classes();
@@ -287,37 +306,44 @@ pub fn measure_trajectory_shift<B: Backend>(
             )
         }
     };
-    let sampler = match cfg.sampler {
+    let sampler = match cfg.options.sampler {
         Some(s) => s,
         None if ddpm => SamplerKind::Ddpm,
         None => SamplerKind::Sde,
     };
     let sample = SampleConfig {
         sampler,
-        steps: cfg.steps,
+        steps: cfg.options.steps,
         eta: 0.0,
-        seed: cfg.seed,
+        seed: cfg.options.seed,
         path: path.into(),
         clip_x0: clip,
         threads: cfg.threads,
-        variance: cfg.variance,
+        variance: cfg.options.variance,
     };
     let classes = classes as i64;
-    let labels: Vec<i64> = (0..cfg.n as i64)
+    let labels: Vec<i64> = (0..cfg.options.n as i64)
         .map(|i| if classes > 0 { i % classes } else { 0 })
         .collect();
     let settings = vec![
-        ("no NAG".to_string(), Guidance::cfg(cfg.cfg)),
+        ("no NAG".to_string(), Guidance::cfg(cfg.options.cfg)),
         (
-            format!("NAG w={}", cfg.nag),
-            Guidance::cfg_nag(cfg.cfg, cfg.nag),
+            format!("NAG w={}", cfg.options.nag),
+            Guidance::cfg_nag(cfg.options.cfg, cfg.options.nag),
         ),
     ];
-    let mut calibration =
-        reference_calibration::<B>(dataset.as_ref(), cfg.n, cfg.seed, schedule.clone(), device)?;
+    let mut calibration = reference_calibration::<B>(
+        dataset.as_ref(),
+        cfg.options.n,
+        cfg.options.seed,
+        schedule.clone(),
+        device,
+    )?;
     let mut est_meter;
     let mut exact_meter;
-    let (measure_name, meter): (&str, &mut dyn NoiseMeter<B>) = if let Some(est) = &cfg.estimator {
+    let (measure_name, meter): (&str, &mut dyn NoiseMeter<B>) = if let Some(est) =
+        &cfg.options.estimator
+    {
         est_meter = EstimatorMeter::<B>::load(est, device).map_err(|e| {
             TrajectoryError::Config(format!(
                 "loading the estimator {}: {}",
@@ -349,9 +375,9 @@ pub fn measure_trajectory_shift<B: Backend>(
         run: label,
         measure: measure_name.into(),
         sampler: format!("{sampler:?}").to_lowercase(),
-        sampler_steps: cfg.steps,
-        n: cfg.n,
-        calibration_n: cfg.n,
+        sampler_steps: cfg.options.steps,
+        n: cfg.options.n,
+        calibration_n: cfg.options.n,
         settings: results,
     };
     write_report(&report, &cfg.out)?;
