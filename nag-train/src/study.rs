@@ -33,60 +33,85 @@ use crate::train::{ObjectiveKind, TrainConfig};
 /// Errors of the oracle study.
 pub type StudyError = crate::PipelineError;
 
-/// What to measure.
-#[derive(Debug, Clone)]
+/// What to measure: `cargo xtask experiment oracle`'s flags (clap, and `--config FILE.toml` by
+/// the same names). Every list is comma-separated; the study measures their product.
+#[derive(Debug, Clone, clap::Args)]
 pub struct OracleStudyConfig {
-    /// The data: `gmm`, `gmm8`, … (seed 0; trained runs must use the same).
-    pub data: String,
-    /// The oracle's objective: `ddpm` (ε) or `linear` / `gvp` / `vp` (velocity).
-    pub objective: String,
-    /// Sampler (default: ddpm for `ddpm`, sde otherwise).
-    pub sampler: Option<SamplerKind>,
-    /// Sampling steps, one study per value.
+    /// Sampling steps (a list: `10,50,250`).
+    #[arg(long, value_delimiter = ',', default_value = "50")]
     pub steps: Vec<usize>,
     /// Trajectories per setting (and real items for the calibration and the real reference).
+    #[arg(long, default_value_t = 256)]
     pub n: usize,
     /// NAG weights.
+    #[arg(long, value_delimiter = ',', default_value = "0,0.5,1,2,3,4")]
     pub nag: Vec<f64>,
-    /// Forms of the oracle's noise-dropped branch.
+    /// The oracle's noise-dropped branch: eps (a noise-dropout network's ε average), score
+    /// (classifier NAG with the exact ∇log p(τ|x)), estimator (classifier NAG with a trained
+    /// g_φ, needs --estimator), or several: `eps,score`.
+    #[arg(long = "nag-form", value_name = "NAG_FORM", value_delimiter = ',', default_value = "eps", value_parser = NagForm::parse)]
     pub forms: Vec<NagForm>,
-    /// Errors of the oracle.
+    /// Errors of the oracle: none, eps-scale:K, eps-scale-cond:K, bias:B, smooth:S (a list).
+    #[arg(long = "oracle-error", value_name = "ORACLE_ERROR", value_delimiter = ',', default_value = "none", value_parser = OracleError::parse)]
     pub errors: Vec<OracleError>,
-    /// DDPM fixed variances (models without variance channels).
+    /// DDPM fixed variance: small (β̃_t), large (β_t, DiT's default without variance
+    /// channels), or both: `small,large`.
+    #[arg(long = "variance", value_name = "VARIANCE", value_delimiter = ',', default_value = "large", value_parser = crate::generate::parse_variance)]
     pub variances: Vec<FixedVariance>,
-    /// NAG intervals (`None`: everywhere).
+    /// NAG τ intervals `lo:hi` (paper clock), or `all`: e.g. `all,0:0.3,0.3:1`.
+    #[arg(long = "nag-interval", value_name = "NAG_INTERVAL", value_delimiter = ',', default_value = "all", value_parser = parse_interval)]
     pub intervals: Vec<Option<Interval>>,
     /// Trained runs on the same data (`cargo xtask train --data gmm`), measured next to the
-    /// oracle.
+    /// oracle, with their branches' error against the oracle's.
+    #[arg(long, value_delimiter = ',')]
     pub runs: Vec<PathBuf>,
-    /// A trained noise-level estimator on the same data, for [`NagForm::Estimator`].
+    /// A noise-level estimator trained on the same data (`cargo xtask estimator train --data
+    /// gmm`), for `--nag-form estimator` (classifier NAG with its ∇log g_φ(τ|x)).
+    #[arg(long)]
     pub estimator: Option<PathBuf>,
+    /// The data: gmm, gmm8, gmm32, … (seed 0; trained runs must use the same).
+    #[arg(long, default_value = "gmm")]
+    pub data: String,
+    /// The oracle's objective: ddpm (ε, DiT's schedule) or linear / gvp / vp (velocity).
+    #[arg(long, default_value = "ddpm")]
+    pub objective: String,
+    /// Sampler (default: ddpm for ddpm, sde otherwise).
+    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true)]
+    pub sampler: Option<SamplerKind>,
     /// Seed of the trajectories, the real items and the calibration noise.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Concurrent batch chunks of a network evaluation.
+    #[arg(skip = 1usize)]
     pub threads: usize,
 }
 
 impl Default for OracleStudyConfig {
-    /// `experiment oracle`'s defaults: the exact DDPM oracle, 50 steps, 256 trajectories, a NAG
-    /// sweep in the ε form, DiT's fixed-large variance.
+    /// `experiment oracle`'s defaults, the clap defaults above: the exact DDPM oracle, 50 steps,
+    /// 256 trajectories, a NAG sweep in the ε form, DiT's fixed-large variance.
     fn default() -> Self {
-        Self {
-            data: "gmm".into(),
-            objective: "ddpm".into(),
-            sampler: None,
-            steps: vec![50],
-            n: 256,
-            nag: vec![0.0, 0.5, 1.0, 2.0, 3.0, 4.0],
-            forms: vec![NagForm::Eps],
-            errors: vec![OracleError::None],
-            variances: vec![FixedVariance::Large],
-            intervals: vec![None],
-            runs: Vec::new(),
-            estimator: None,
-            seed: 0,
-            threads: 1,
+        use clap::{Args, FromArgMatches};
+        let cmd = Self::augment_args(clap::Command::new("defaults"));
+        Self::from_arg_matches(&cmd.get_matches_from(["defaults"]))
+            .expect("the clap defaults parse")
+    }
+}
+
+/// Parses a NAG interval: `all` (everywhere) or `lo:hi` with `0 ≤ lo ≤ hi ≤ 1` (paper clock).
+pub fn parse_interval(s: &str) -> Result<Option<Interval>, String> {
+    if s == "all" {
+        return Ok(None);
+    }
+    let parsed = s
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.parse::<f64>().ok()?, b.parse::<f64>().ok()?)));
+    match parsed {
+        Some((lo, hi)) if (0.0..=1.0).contains(&lo) && (0.0..=1.0).contains(&hi) && lo <= hi => {
+            Ok(Some(Interval { lo, hi }))
         }
+        _ => Err(format!(
+            "'{s}': expected all or lo:hi with 0 ≤ lo ≤ hi ≤ 1 (paper clock)"
+        )),
     }
 }
 
@@ -591,4 +616,37 @@ pub fn oracle_study<A: AutodiffBackend>(
         branch_errors: branch,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Default` is the clap defaults, parsed from an empty command line.
+    #[test]
+    fn defaults_are_the_documented_study() {
+        let d = OracleStudyConfig::default();
+        assert_eq!(d.steps, [50]);
+        assert_eq!(d.n, 256);
+        assert_eq!(d.nag, [0.0, 0.5, 1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(d.forms, [NagForm::Eps]);
+        assert_eq!(d.errors, [OracleError::None]);
+        assert_eq!(d.variances, [FixedVariance::Large]);
+        assert_eq!(d.intervals, [None]);
+        assert!(d.runs.is_empty() && d.estimator.is_none() && d.sampler.is_none());
+        assert_eq!((d.data.as_str(), d.objective.as_str()), ("gmm", "ddpm"));
+        assert_eq!((d.seed, d.threads), (0, 1));
+    }
+
+    #[test]
+    fn intervals_parse_or_name_the_fix() {
+        assert_eq!(parse_interval("all"), Ok(None));
+        assert_eq!(
+            parse_interval("0:0.3"),
+            Ok(Some(Interval { lo: 0.0, hi: 0.3 }))
+        );
+        for bad in ["0.5:0.2", "1.5:2", "x", "0.1"] {
+            assert!(parse_interval(bad).unwrap_err().contains("lo:hi"), "{bad}");
+        }
+    }
 }
