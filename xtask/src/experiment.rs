@@ -8,9 +8,10 @@ use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
-use nag_train::experiments::nag::{experiment_model, markdown, NagExperimentConfig, NagResults};
+use nag_train::experiments::nag::{
+    experiment_model, markdown, NagExperimentConfig, NagExperimentOptions, NagResults,
+};
 use nag_train::experiments::{run_nag_experiment, NagExperimentEvent};
-use nag_train::generate::SamplerKind;
 
 use crate::progress::{FeatureBar, TrainProgress};
 
@@ -46,39 +47,8 @@ pub struct ExperimentArgs {
     /// Training steps of the model (default: the default preset's).
     #[arg(long)]
     pub train_steps: Option<u64>,
-    /// Samples per guidance setting (and real images to compare with).
-    #[arg(long, default_value_t = 250)]
-    pub n: usize,
-    /// Sampler: ddpm or ddim.
-    #[arg(
-        long,
-        value_enum,
-        ignore_case = true,
-        hide_possible_values = true,
-        default_value = "ddpm"
-    )]
-    pub sampler: SamplerKind,
-    /// Sampling steps (respaced from the 1000 of training).
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    /// NAG weight of the table without CFG (the paper's default without CFG).
-    #[arg(long, default_value_t = 3.0)]
-    pub nag: f64,
-    /// NAG weight of the table's CFG+NAG row (the paper's default with CFG).
-    #[arg(long, default_value_t = 2.0)]
-    pub nag_with_cfg: f64,
-    /// CFG scale of the table's CFG rows.
-    #[arg(long, default_value_t = 1.5)]
-    pub cfg: f64,
-    /// NAG weights of the sweep (no CFG).
-    #[arg(long, value_delimiter = ',', default_value = "0,0.5,1,2,3,4,5")]
-    pub sweep: Vec<f64>,
-    /// Seed of the sampling noise and of the real images.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Train the model and the classifier again even if `<out>` holds them.
-    #[arg(long)]
-    pub retrain: bool,
+    #[command(flatten)]
+    pub options: NagExperimentOptions,
     /// Device: cpu, flex, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -95,20 +65,12 @@ pub fn run(args: &ExperimentArgs) -> Result<()> {
     let cfg = NagExperimentConfig {
         out: args.out.clone(),
         train,
-        n: args.n,
-        sampler: args.sampler,
-        steps: args.steps,
-        nag: args.nag,
-        nag_with_cfg: args.nag_with_cfg,
-        cfg: args.cfg,
-        sweep: args.sweep.clone(),
-        seed: args.seed,
-        retrain: args.retrain,
         threads: spec.concurrent_batches(),
         command: std::iter::once("cargo xtask experiment".to_string())
             .chain(std::env::args().skip(2))
             .collect::<Vec<_>>()
             .join(" "),
+        options: args.options.clone(),
     };
     let results = dispatch(spec, Task { cfg: &cfg })??;
     print_table(&results, &args.out);

@@ -46,35 +46,59 @@ pub fn experiment_model(base: TrainConfig) -> TrainConfig {
     }
 }
 
-/// The options of the experiment (`cargo xtask experiment nag`'s flags).
+/// The experiment: where it writes, the model's training configuration, and its
+/// [`NagExperimentOptions`].
 #[derive(Debug, Clone)]
 pub struct NagExperimentConfig {
     /// Output folder (the model goes to `<out>/model`, the classifier to `<out>/features`).
     pub out: PathBuf,
     /// The model's training configuration ([`experiment_model`]).
     pub train: TrainConfig,
-    /// Samples per setting (and real images to compare with).
-    pub n: usize,
-    /// Sampler: DDPM or DDIM.
-    pub sampler: SamplerKind,
-    /// Sampling steps.
-    pub steps: usize,
-    /// NAG weight of the table without CFG.
-    pub nag: f64,
-    /// NAG weight of the CFG+NAG row.
-    pub nag_with_cfg: f64,
-    /// CFG scale of the CFG rows.
-    pub cfg: f64,
-    /// NAG weights of the sweep (no CFG).
-    pub sweep: Vec<f64>,
-    /// Seed of the sampling noise and of the real images.
-    pub seed: u64,
-    /// Train the model and the classifier again even if `out` holds them.
-    pub retrain: bool,
     /// Sampling threads.
     pub threads: usize,
     /// The command line, recorded in the results.
     pub command: String,
+    /// What is sampled and measured.
+    pub options: NagExperimentOptions,
+}
+
+/// What `experiment nag` samples and measures: the command's flags (clap, and `--config
+/// FILE.toml` by the same names).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct NagExperimentOptions {
+    /// Samples per guidance setting (and real images to compare with).
+    #[arg(long, default_value_t = 250)]
+    pub n: usize,
+    /// Sampler: ddpm or ddim.
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        hide_possible_values = true,
+        default_value = "ddpm"
+    )]
+    pub sampler: SamplerKind,
+    /// Sampling steps (respaced from the 1000 of training).
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// NAG weight of the table without CFG (the paper's default without CFG).
+    #[arg(long, default_value_t = 3.0)]
+    pub nag: f64,
+    /// NAG weight of the table's CFG+NAG row (the paper's default with CFG).
+    #[arg(long, default_value_t = 2.0)]
+    pub nag_with_cfg: f64,
+    /// CFG scale of the table's CFG rows.
+    #[arg(long, default_value_t = 1.5)]
+    pub cfg: f64,
+    /// NAG weights of the sweep (no CFG).
+    #[arg(long, value_delimiter = ',', default_value = "0,0.5,1,2,3,4,5")]
+    pub sweep: Vec<f64>,
+    /// Seed of the sampling noise and of the real images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Train the model and the classifier again even if `<out>` holds them.
+    #[arg(long)]
+    pub retrain: bool,
 }
 
 /// What the experiment reports as it goes.
@@ -157,24 +181,27 @@ pub struct NagResults {
 /// Checks the options before any work.
 fn validate(cfg: &NagExperimentConfig) -> Result<(), ExperimentError> {
     let bad = |m: String| Err(ExperimentError::Config(m));
-    if cfg.n < 10 {
+    if cfg.options.n < 10 {
         return bad(
             "--n must be at least 10 (FD and k-NN recall need a few samples; 250 is the default)"
                 .into(),
         );
     }
-    if cfg.steps == 0 {
+    if cfg.options.steps == 0 {
         return bad("--steps must be at least 1".into());
     }
-    if !matches!(cfg.sampler, SamplerKind::Ddpm | SamplerKind::Ddim) {
+    if !matches!(cfg.options.sampler, SamplerKind::Ddpm | SamplerKind::Ddim) {
         return bad(format!(
             "--sampler {:?}: the experiment's model is a DDPM model; use ddpm or ddim",
-            cfg.sampler
+            cfg.options.sampler
         ));
     }
-    for (name, w) in [("--nag", cfg.nag), ("--nag-with-cfg", cfg.nag_with_cfg)]
-        .into_iter()
-        .chain(cfg.sweep.iter().map(|&w| ("--sweep", w)))
+    for (name, w) in [
+        ("--nag", cfg.options.nag),
+        ("--nag-with-cfg", cfg.options.nag_with_cfg),
+    ]
+    .into_iter()
+    .chain(cfg.options.sweep.iter().map(|&w| ("--sweep", w)))
     {
         if !(w.is_finite() && w >= 0.0) {
             return bad(format!(
@@ -182,8 +209,11 @@ fn validate(cfg: &NagExperimentConfig) -> Result<(), ExperimentError> {
             ));
         }
     }
-    if !(cfg.cfg.is_finite() && cfg.cfg >= 1.0) {
-        return bad(format!("--cfg must be ≥ 1 (1 = off; got {})", cfg.cfg));
+    if !(cfg.options.cfg.is_finite() && cfg.options.cfg >= 1.0) {
+        return bad(format!(
+            "--cfg must be ≥ 1 (1 = off; got {})",
+            cfg.options.cfg
+        ));
     }
     Ok(())
 }
@@ -204,7 +234,7 @@ pub fn run_nag_experiment<B: AutodiffBackend>(
     let tcfg = &cfg.train;
     let run_dir = out.join("model");
     let train_start = Instant::now();
-    let train_seconds = if !cfg.retrain && finished_run(&run_dir, tcfg) {
+    let train_seconds = if !cfg.options.retrain && finished_run(&run_dir, tcfg) {
         on_event(NagExperimentEvent::ReusingModel(run_dir.clone()));
         0.0
     } else {
@@ -222,7 +252,7 @@ pub fn run_nag_experiment<B: AutodiffBackend>(
 
     // 2. The feature classifier.
     let features_dir = out.join("features");
-    if cfg.retrain || !feature_model_exists(&features_dir) {
+    if cfg.options.retrain || !feature_model_exists(&features_dir) {
         let fcfg = FeatureTrainConfig {
             data: tcfg.data.clone(),
             image_size: tcfg.image_size,
@@ -253,16 +283,16 @@ pub fn run_nag_experiment<B: AutodiffBackend>(
     })?;
     let mixture = gmm.mixture();
     let [c, h, w] = gmm.shape();
-    let n = cfg.n;
-    let indices = pick_indices(gmm.len(), 2 * n, cfg.seed).ok_or_else(|| {
+    let n = cfg.options.n;
+    let indices = pick_indices(gmm.len(), 2 * n, cfg.options.seed).ok_or_else(|| {
         ExperimentError::Config(format!(
             "the gmm dataset has {} items, fewer than 2·--n = {}",
             gmm.len(),
             2 * n
         ))
     })?;
-    let (real, real_labels) = load_items(&gmm, &indices[..n], cfg.seed)?;
-    let (real2, _) = load_items(&gmm, &indices[n..], cfg.seed)?;
+    let (real, real_labels) = load_items(&gmm, &indices[..n], cfg.options.seed)?;
+    let (real2, _) = load_items(&gmm, &indices[n..], cfg.options.seed)?;
     let real_feats = extractor.features_from_slice(&real, [n, c, h, w])?;
     let real_stats = FeatureStats::from_features(&real_feats, dim)?;
     let fd_real_baseline = frechet_distance(
@@ -277,10 +307,10 @@ pub fn run_nag_experiment<B: AutodiffBackend>(
         .map(|i| if classes > 0 { i % classes } else { 0 })
         .collect();
     let sample = SampleConfig {
-        sampler: cfg.sampler,
-        steps: cfg.steps,
+        sampler: cfg.options.sampler,
+        steps: cfg.options.steps,
         eta: 0.0,
-        seed: cfg.seed,
+        seed: cfg.options.seed,
         path: "linear".into(),
         clip_x0: SampleConfig::clip_for_channels(mc.in_channels),
         threads: cfg.threads,
@@ -292,7 +322,8 @@ pub fn run_nag_experiment<B: AutodiffBackend>(
         TensorData::new(real.clone(), [n, c, h, w]),
         device,
     );
-    let mut calibration = Calibration::new(real_x0, &real_labels, schedule.clone(), cfg.seed)?;
+    let mut calibration =
+        Calibration::new(real_x0, &real_labels, schedule.clone(), cfg.options.seed)?;
     let mut done: Vec<Row> = Vec::new();
     let mut measure = |name: String, cfg_scale: f64, nag: f64| -> Result<Row, ExperimentError> {
         if let Some(r) = done.iter().find(|r| r.cfg == cfg_scale && r.nag == nag) {
@@ -336,16 +367,19 @@ pub fn run_nag_experiment<B: AutodiffBackend>(
     };
     let table = vec![
         measure("no guidance".into(), 1.0, 0.0)?,
-        measure(format!("NAG w={}", cfg.nag), 1.0, cfg.nag)?,
-        measure(format!("CFG s={}", cfg.cfg), cfg.cfg, 0.0)?,
+        measure(format!("NAG w={}", cfg.options.nag), 1.0, cfg.options.nag)?,
+        measure(format!("CFG s={}", cfg.options.cfg), cfg.options.cfg, 0.0)?,
         measure(
-            format!("CFG s={} + NAG w={}", cfg.cfg, cfg.nag_with_cfg),
-            cfg.cfg,
-            cfg.nag_with_cfg,
+            format!(
+                "CFG s={} + NAG w={}",
+                cfg.options.cfg, cfg.options.nag_with_cfg
+            ),
+            cfg.options.cfg,
+            cfg.options.nag_with_cfg,
         )?,
     ];
     let mut sweep = Vec::new();
-    for &wn in &cfg.sweep {
+    for &wn in &cfg.options.sweep {
         sweep.push(measure(format!("NAG w={wn}"), 1.0, wn)?);
     }
 
@@ -353,8 +387,8 @@ pub fn run_nag_experiment<B: AutodiffBackend>(
         command: cfg.command.clone(),
         train: tcfg.clone(),
         train_seconds,
-        sampler: format!("{:?}", cfg.sampler).to_lowercase(),
-        steps: cfg.steps,
+        sampler: format!("{:?}", cfg.options.sampler).to_lowercase(),
+        steps: cfg.options.steps,
         n,
         fd_real_baseline,
         real_log_density: real_report.mean_log_density,
