@@ -20,9 +20,9 @@ use nag_core::guidance::Guidance;
 use serde::Serialize;
 
 use crate::data::{open_gmm, DataOptions, Dataset};
-use crate::generate::{load_model, SampleConfig, Sampled};
+use crate::generate::{load_model, SampleConfig, Sampled, SamplerKind};
 use crate::metrics::gmm_metrics::{fd_to_mixture, gmm_metrics};
-use crate::train::{finished_run, train, Progress, TrainConfig, TrainEvent};
+use crate::train::{finished_run, train, write_atomic, Progress, TrainConfig, TrainEvent};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -43,6 +43,103 @@ pub struct TransferConfig {
     pub nag: f64,
     /// NAG weight with CFG or DoG (the paper's 2).
     pub nag_with_cfg: f64,
+}
+
+/// `cargo xtask experiment transfer`'s flags (clap, and `--config FILE.toml` by the same
+/// names); [`TransferOptions::config`] turns them into a [`TransferConfig`].
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct TransferOptions {
+    /// Source domain (a gmm spec with a class range).
+    #[arg(long, default_value = "gmm16:0-4")]
+    pub source: String,
+    /// Target domain (other classes: other shapes and colours).
+    #[arg(long, default_value = "gmm16:5-9")]
+    pub target: String,
+    /// Training steps of the source model.
+    #[arg(long, default_value_t = 1000)]
+    pub source_steps: u64,
+    /// Fine-tuning steps on the target.
+    #[arg(long, default_value_t = 400)]
+    pub finetune_steps: u64,
+    /// Samples per setting.
+    #[arg(long, default_value_t = 200)]
+    pub n: usize,
+    /// DDPM sampling steps.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// CFG scale, also DoG's (DiT convention, 1 = off).
+    #[arg(long, default_value_t = 1.5)]
+    pub cfg: f64,
+    /// NAG weight alone (the paper's 3).
+    #[arg(long, default_value_t = 3.0)]
+    pub nag: f64,
+    /// NAG weight with CFG or DoG (the paper's 2).
+    #[arg(long, default_value_t = 2.0)]
+    pub nag_with_cfg: f64,
+    /// Seed of training and sampling (the first one with --seeds).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Repeat the whole experiment (training, fine-tuning, sampling) with this many seeds
+    /// (seed, seed + 1, …), each in OUT/seed-S, and report mean ± std and NAG's paired effect.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub seeds: u64,
+}
+
+impl TransferOptions {
+    /// The seeds `seed, seed + 1, …`, `seeds` of them.
+    pub fn seed_list(&self) -> Result<Vec<u64>, TransferError> {
+        if self.seeds == 0 || self.seed.checked_add(self.seeds - 1).is_none() {
+            return Err(TransferError::Config(format!(
+                "--seed {} + --seeds {} runs past the largest seed (or --seeds is 0); pick a smaller --seed",
+                self.seed, self.seeds
+            )));
+        }
+        Ok((0..self.seeds).map(|i| self.seed + i).collect())
+    }
+
+    /// The experiment: the source model is `cargo xtask train`'s default run
+    /// ([`TrainConfig::main_job`]) on `source` for `source_steps` (noise dropout 0.1, one
+    /// checkpoint at the end, `train_threads` micro-batches at once); sampling is DDPM
+    /// ancestral with x̂0 clamped, on `sample_threads` batch chunks.
+    pub fn config(
+        &self,
+        train_threads: usize,
+        sample_threads: usize,
+    ) -> Result<TransferConfig, TransferError> {
+        if self.source_steps == 0 || self.finetune_steps == 0 || self.steps == 0 {
+            return Err(TransferError::Config(
+                "--source-steps, --finetune-steps and --steps must be at least 1".into(),
+            ));
+        }
+        let source = TrainConfig {
+            data: self.source.clone(),
+            steps: self.source_steps,
+            seed: self.seed,
+            noise_dropout: 0.1,
+            checkpoint_every: self.source_steps,
+            threads: train_threads,
+            ..TrainConfig::main_job()
+        };
+        Ok(TransferConfig {
+            source,
+            target: self.target.clone(),
+            finetune_steps: self.finetune_steps,
+            n: self.n,
+            sample: SampleConfig {
+                sampler: SamplerKind::Ddpm,
+                steps: self.steps,
+                eta: 0.0,
+                seed: self.seed,
+                path: "linear".into(),
+                clip_x0: true,
+                threads: sample_threads,
+                variance: crate::sampling::FixedVariance::default(),
+            },
+            cfg: self.cfg,
+            nag: self.nag,
+            nag_with_cfg: self.nag_with_cfg,
+        })
+    }
 }
 
 /// One sampled setting.
@@ -416,6 +513,23 @@ impl TransferResult {
 }
 
 impl TransferSeeds {
+    /// Writes `results.json` and `table.md` into `out` atomically (one seed: that run's own
+    /// files, as before `--seeds`; several: the summary with each run) and returns their texts.
+    pub fn write(&self, out: &Path) -> Result<(String, String), TransferError> {
+        let (json, md) = if self.runs.len() == 1 {
+            (
+                serde_json::to_string_pretty(&self.runs[0]),
+                self.runs[0].markdown(),
+            )
+        } else {
+            (serde_json::to_string_pretty(self), self.markdown())
+        };
+        let json = json.map_err(|e| TransferError::Config(format!("results.json: {e}")))?;
+        write_atomic(&out.join("results.json"), json.as_bytes())?;
+        write_atomic(&out.join("table.md"), md.as_bytes())?;
+        Ok((json, md))
+    }
+
     /// The table over seeds as markdown: every row as mean ± std, then NAG's paired effect.
     pub fn markdown(&self) -> String {
         let s = self;
