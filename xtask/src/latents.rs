@@ -2,8 +2,7 @@
 //! `cargo xtask latents bench`: the store's read speed and resident memory.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
@@ -11,9 +10,9 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_train::data::latent_store::{resident_memory, write_synthetic, MANIFEST};
-use nag_train::data::{open_dataset, stream_rng, DataOptions, OnError};
+use nag_train::data::read_rate::read_rate;
+use nag_train::data::{open_dataset, DataOptions, OnError};
 use nag_train::latent_extract::{extract_latents, ExtractConfig, ExtractProgress, ExtractSummary};
-use rand::Rng;
 
 /// Arguments of `cargo xtask latents`.
 #[derive(Debug, Args)]
@@ -228,60 +227,17 @@ fn bench(args: &BenchArgs) -> Result<()> {
         opened.elapsed().as_secs_f64(),
         memory_line("before reading")
     );
-    let done = AtomicBool::new(false);
-    let items = AtomicU64::new(0);
-    let peak_rss = AtomicU64::new(0);
-    let start = Instant::now();
-    let limit = Duration::from_secs_f64(args.seconds);
-    let result: Result<()> = std::thread::scope(|s| {
-        // Resident memory sampled every 50 ms while the readers run.
-        s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                if let Some((rss, _)) = resident_memory() {
-                    peak_rss.fetch_max(rss, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        let readers: Vec<_> = (0..args.threads as u64)
-            .map(|t| {
-                let (ds, items, seed) = (&ds, &items, args.seed);
-                s.spawn(move || -> Result<()> {
-                    let mut order = stream_rng(seed, 1, t);
-                    let mut checksum = 0f32;
-                    let mut k = 0u64;
-                    while start.elapsed() < limit {
-                        for _ in 0..64 {
-                            let index = order.random_range(0..n);
-                            let item = ds.item(index, &mut stream_rng(seed, 2, t << 40 | k))?;
-                            checksum += item.x[0];
-                            k += 1;
-                        }
-                        items.fetch_add(64, Ordering::Relaxed);
-                    }
-                    std::hint::black_box(checksum);
-                    Ok(())
-                })
-            })
-            .collect();
-        let results: Vec<Result<()>> = readers
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect();
-        done.store(true, Ordering::Relaxed);
-        results.into_iter().collect()
-    });
-    result?;
-    let secs = start.elapsed().as_secs_f64();
-    let count = items.load(Ordering::Relaxed);
+    let r = read_rate(ds.as_ref(), args.threads, args.seconds, args.seed)?;
     println!(
-        "read {count} random items on {} thread(s) in {secs:.1}s: {:.0} items/s",
+        "read {} random items on {} thread(s) in {:.1}s: {:.0} items/s",
+        r.items,
         args.threads,
-        count as f64 / secs
+        r.seconds,
+        r.items_per_second()
     );
     println!(
         "peak VmRSS while reading: {}; {}",
-        mib(peak_rss.load(Ordering::Relaxed)),
+        mib(r.peak_rss),
         memory_line("after reading")
     );
     Ok(())

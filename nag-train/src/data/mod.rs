@@ -21,6 +21,7 @@ pub mod idx;
 pub mod latent_store;
 pub mod latents;
 pub mod loader;
+pub mod read_rate;
 pub mod real_items;
 pub mod shapes;
 mod subset;
