@@ -74,6 +74,96 @@ pub enum ParallelError {
     Mismatch,
 }
 
+/// Where one training process's replicas run: `cargo xtask train`'s device and cluster flags
+/// (clap, and `--config FILE.toml` by the same names), torchrun's layout.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ReplicaOptions {
+    /// Device: cpu, flex, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Data-parallel: one replica per device, e.g. cpu,cpu or cuda:0,cuda:1 (instead of
+    /// --device). --grad-accum must be a multiple of the replica count (devices × --nodes).
+    #[arg(long, value_delimiter = ',', value_name = "D1,D2,…")]
+    pub devices: Option<Vec<String>>,
+    /// Processes in a multi-process run (torchrun's --nnodes), each started with the same
+    /// options and as many --devices.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: u32,
+    /// This process's rank in 0..--nodes (torchrun's --node-rank); node 0 hosts the
+    /// coordinator and writes the run folder.
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: u32,
+    /// HOST:PORT of node 0's coordinator (torchrun's --master-addr:--master-port); needed
+    /// with --nodes > 1.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
+    /// HOST:PORT at which the other nodes reach this one (default: 127.0.0.1 and the
+    /// coordinator's port + 1 + --node-rank, i.e. all nodes on one machine).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub node_address: Option<String>,
+    /// Seconds to wait for the other replicas at any one point (joining, each step's
+    /// all-reduce) before stopping with an error.
+    #[arg(long, default_value_t = 300)]
+    pub peer_timeout: u64,
+}
+
+impl ReplicaOptions {
+    /// This process's device names (`--devices`, else `--device`) and its cluster (`None` for
+    /// one process), checked against each other. Node 0's coordinator is left to the caller
+    /// (`host_coordinator: false`), which can keep it up past a Ctrl-C in a process of its own.
+    pub fn layout(&self) -> Result<(Vec<String>, Option<Cluster>), ParallelError> {
+        let devices = self
+            .devices
+            .clone()
+            .unwrap_or_else(|| vec![self.device.clone()]);
+        if self.nodes == 0 {
+            return Err(ParallelError::Config("--nodes must be at least 1".into()));
+        }
+        if self.nodes == 1 {
+            if self.node_rank != 0 || self.coordinator.is_some() || self.node_address.is_some() {
+                return Err(ParallelError::Config(
+                    "--node-rank, --coordinator and --node-address need --nodes > 1".into(),
+                ));
+            }
+            return Ok((devices, None));
+        }
+        let Some(coordinator) = self.coordinator.clone() else {
+            return Err(ParallelError::Config(format!(
+                "--nodes {} needs --coordinator HOST:PORT (node 0's address and a free port)",
+                self.nodes
+            )));
+        };
+        let port = Cluster::port_of(&coordinator, "--coordinator")?;
+        let node_address = match &self.node_address {
+            Some(a) => a.clone(),
+            None => {
+                let p = u32::from(port) + 1 + self.node_rank;
+                let p = u16::try_from(p).map_err(|_| {
+                    ParallelError::Config(format!(
+                        "--coordinator port {port} + 1 + --node-rank is over 65535: give --node-address"
+                    ))
+                })?;
+                format!("127.0.0.1:{p}")
+            }
+        };
+        Ok((
+            devices,
+            Some(Cluster {
+                nodes: self.nodes,
+                node_rank: self.node_rank,
+                coordinator,
+                node_address,
+                host_coordinator: false,
+            }),
+        ))
+    }
+
+    /// `--peer-timeout`.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.peer_timeout)
+    }
+}
+
 /// Several processes (nodes) linked by burn-collective's global orchestrator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use nag_backends::{dispatch_devices, DeviceSpec, DevicesTask};
-use nag_train::parallel::{Cluster, Replicas};
+use nag_train::parallel::{Cluster, ReplicaOptions, Replicas};
 use nag_train::run_dir::RunLock;
 use nag_train::train::{train_replicas, TrainConfig};
 
@@ -27,33 +27,8 @@ pub struct TrainArgs {
     /// Run directory.
     #[arg(long, default_value = "runs/default")]
     pub out: PathBuf,
-    /// Device: cpu, flex, cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Data-parallel: one replica per device, e.g. cpu,cpu or cuda:0,cuda:1 (instead of
-    /// --device). --grad-accum must be a multiple of the replica count (devices × --nodes).
-    #[arg(long, value_delimiter = ',', value_name = "D1,D2,…")]
-    pub devices: Option<Vec<String>>,
-    /// Processes in a multi-process run (torchrun's --nnodes), each started with the same
-    /// options and as many --devices.
-    #[arg(long, default_value_t = 1)]
-    pub nodes: u32,
-    /// This process's rank in 0..--nodes (torchrun's --node-rank); node 0 hosts the
-    /// coordinator and writes the run folder.
-    #[arg(long, default_value_t = 0)]
-    pub node_rank: u32,
-    /// HOST:PORT of node 0's coordinator (torchrun's --master-addr:--master-port); needed
-    /// with --nodes > 1.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub coordinator: Option<String>,
-    /// HOST:PORT at which the other nodes reach this one (default: 127.0.0.1 and the
-    /// coordinator's port + 1 + --node-rank, i.e. all nodes on one machine).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub node_address: Option<String>,
-    /// Seconds to wait for the other replicas at any one point (joining, each step's
-    /// all-reduce) before stopping with an error.
-    #[arg(long, default_value_t = 300)]
-    pub peer_timeout: u64,
+    #[command(flatten)]
+    pub replicas: ReplicaOptions,
     /// Continue the run in --out from its newest good checkpoint (a damaged or incomplete
     /// newer one is passed over, with the reason).
     #[arg(long)]
@@ -87,49 +62,11 @@ impl DevicesTask for Task<'_> {
 
 /// The process's replicas from `--devices`/`--device` and the cluster flags.
 fn replica_layout(args: &TrainArgs) -> Result<(Vec<DeviceSpec>, Option<Cluster>)> {
-    let specs = match &args.devices {
-        Some(list) => list
-            .iter()
-            .map(|d| DeviceSpec::parse(d))
-            .collect::<Result<Vec<_>, _>>()?,
-        None => vec![DeviceSpec::parse(&args.device)?],
-    };
-    if args.nodes == 0 {
-        bail!("--nodes must be at least 1");
-    }
-    let cluster = if args.nodes > 1 {
-        let Some(coordinator) = args.coordinator.clone() else {
-            bail!(
-                "--nodes {} needs --coordinator HOST:PORT (node 0's address and a free port)",
-                args.nodes
-            );
-        };
-        let port = Cluster::port_of(&coordinator, "--coordinator")?;
-        let node_address = match &args.node_address {
-            Some(a) => a.clone(),
-            None => {
-                let p = u32::from(port) + 1 + args.node_rank;
-                let p = u16::try_from(p).with_context(|| {
-                    format!("--coordinator port {port} + 1 + --node-rank is over 65535: give --node-address")
-                })?;
-                format!("127.0.0.1:{p}")
-            }
-        };
-        Some(Cluster {
-            nodes: args.nodes,
-            node_rank: args.node_rank,
-            coordinator,
-            node_address,
-            // Started below as a process of its own, so that Ctrl-C leaves it up until the
-            // run's last checkpoint is written.
-            host_coordinator: false,
-        })
-    } else {
-        if args.node_rank != 0 || args.coordinator.is_some() || args.node_address.is_some() {
-            bail!("--node-rank, --coordinator and --node-address need --nodes > 1");
-        }
-        None
-    };
+    let (names, cluster) = args.replicas.layout()?;
+    let specs = names
+        .iter()
+        .map(|d| DeviceSpec::parse(d))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((specs, cluster))
 }
 
@@ -174,7 +111,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let mut cfg = args.config.clone();
     let (specs, cluster) = replica_layout(args)?;
     let spec = specs[0];
-    let world = specs.len() * args.nodes as usize;
+    let world = specs.len() * args.replicas.nodes as usize;
     // (`train_replicas` refuses a replica count that does not divide --grad-accum.)
     cfg.threads = match args.threads {
         Some(t) => t,
@@ -244,7 +181,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             out: &args.out,
             resume: args.resume,
             cluster,
-            timeout: Duration::from_secs(args.peer_timeout),
+            timeout: args.replicas.timeout(),
         },
     );
     drop(quiet);
