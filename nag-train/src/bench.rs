@@ -42,22 +42,29 @@ pub enum BenchError {
 }
 
 /// The benchmark's network, batch and repetitions (field names as the PyTorch references'
-/// flags).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// flags); also `cargo xtask bench`'s flags, with the DiT-S/2 of issue 22 as the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 pub struct BenchShape {
     /// Transformer blocks.
+    #[arg(long, default_value_t = 12)]
     pub depth: usize,
     /// Token width.
+    #[arg(long, default_value_t = 384)]
     pub hidden: usize,
     /// Attention heads.
+    #[arg(long, default_value_t = 6)]
     pub heads: usize,
     /// Patch size.
+    #[arg(long, default_value_t = 2)]
     pub patch: usize,
     /// Latent side (4 channels).
+    #[arg(long, default_value_t = 32)]
     pub size: usize,
-    /// Batch.
+    /// Batch size.
+    #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Timed repetitions (median reported).
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 5)]
     pub iters: usize,
 }
 

@@ -17,27 +17,8 @@ use nag_train::bench::{
 /// Arguments of `cargo xtask bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Transformer blocks.
-    #[arg(long, default_value_t = 12)]
-    pub depth: usize,
-    /// Token width.
-    #[arg(long, default_value_t = 384)]
-    pub hidden: usize,
-    /// Attention heads.
-    #[arg(long, default_value_t = 6)]
-    pub heads: usize,
-    /// Patch size.
-    #[arg(long, default_value_t = 2)]
-    pub patch: usize,
-    /// Latent side (4 channels).
-    #[arg(long, default_value_t = 32)]
-    pub size: usize,
-    /// Batch size.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// Timed repetitions (the median is reported).
-    #[arg(long, default_value_t = 5)]
-    pub iters: usize,
+    #[command(flatten)]
+    pub shape: BenchShape,
     /// Python interpreter with torch installed: also time the PyTorch reference and print
     /// the ratios.
     #[arg(long)]
@@ -54,21 +35,6 @@ pub struct BenchArgs {
     /// Device: cpu, flex, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-}
-
-impl BenchArgs {
-    /// The network, batch and repetitions.
-    pub fn shape(&self) -> BenchShape {
-        BenchShape {
-            depth: self.depth,
-            hidden: self.hidden,
-            heads: self.heads,
-            patch: self.patch,
-            size: self.size,
-            batch: self.batch,
-            iters: self.iters,
-        }
-    }
 }
 
 struct Task<'a>(&'a BenchShape, DeviceSpec);
@@ -92,7 +58,7 @@ pub(crate) fn time_burn(
 
 /// Runs `cargo xtask bench`.
 pub fn run(a: &BenchArgs) -> Result<()> {
-    let shape = a.shape();
+    let shape = a.shape;
     let spec = DeviceSpec::parse(&a.device)?;
     let burn = time_burn(&shape, spec, Precision::F32)?;
     let torch: Option<TorchTiming> = match &a.torch {
@@ -110,7 +76,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "DiT depth {} hidden {} heads {} patch {} on [{}, 4, {}, {}], median of {} ({} on {}, {} cores)",
-        a.depth, a.hidden, a.heads, a.patch, a.batch, a.size, a.size, a.iters, a.device,
+        shape.depth, shape.hidden, shape.heads, shape.patch, shape.batch, shape.size, shape.size,
+        shape.iters, a.device,
         std::env::consts::ARCH, threads
     );
     println!(
