@@ -79,8 +79,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     };
     let report = dispatch(spec, Task { args, cfg: &cfg })??;
     if args.json {
-        let value = serde_json::to_value(&report)?;
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);
     }

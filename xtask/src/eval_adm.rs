@@ -9,16 +9,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
-use nag_train::metrics::adm::{evaluate, AdmOptions, AdmReport, InputScale, Progress};
+use nag_train::metrics::adm::{
+    evaluate, AdmEvaluation, AdmOptions, AdmReport, InputScale, Progress, NETWORK_NOTE,
+};
 use nag_train::metrics::inception::{check_inception, InceptionV3, DEFAULT_BATCH};
-use serde_json::json;
 
 use crate::eval::EvalArgs;
-
-/// What the output says about the network.
-const NETWORK_NOTE: &str = "InceptionV3 is pytorch-fid's port of the evaluator's TF graph \
-     (pt_inception-2015-12-05); its bilinear resize to 299×299 differs slightly from TF's, so the \
-     numbers differ slightly from the TF evaluator's";
 
 /// Runs the ADM evaluation of `args` (`--samples` given).
 pub fn run(args: &EvalArgs) -> Result<()> {
@@ -60,12 +56,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     };
     let spec = DeviceSpec::parse(&args.device)?;
     let start = Instant::now();
+    let weights = args
+        .config
+        .inception
+        .as_deref()
+        .context("--inception is required")?;
     let task = Task {
-        weights: args
-            .config
-            .inception
-            .as_deref()
-            .context("--inception is required")?,
+        weights,
         samples,
         reference,
         batch,
@@ -73,27 +70,19 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     };
     let report = dispatch(spec, task)??;
     let seconds = start.elapsed().as_secs_f64();
-    let value = json!({
-        "inception_score": report.inception_score,
-        "fid": report.fid,
-        "sfid": report.sfid,
-        "precision": report.precision,
-        "recall": report.recall,
-        "n_samples": report.n_samples,
-        "n_reference": report.n_reference,
-        "samples": samples.display().to_string(),
-        "reference": reference.display().to_string(),
-        "sample_stats_precomputed": report.sample_stats_precomputed,
-        "reference_stats_precomputed": report.reference_stats_precomputed,
-        "inception": args.config.inception.as_ref().map(|p| p.display().to_string()),
-        "input_scale": opts.scale,
-        "k": opts.k,
-        "network": NETWORK_NOTE,
-        "device": args.device,
-        "seconds": seconds,
-    });
+    let evaluation = AdmEvaluation {
+        report,
+        samples: samples.display().to_string(),
+        reference: reference.display().to_string(),
+        inception: weights.display().to_string(),
+        input_scale: opts.scale,
+        k: opts.k,
+        network: NETWORK_NOTE,
+        device: args.device.clone(),
+        seconds,
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", serde_json::to_string_pretty(&evaluation)?);
     } else {
         print_report(&report, samples, reference, seconds);
     }

@@ -491,6 +491,36 @@ pub struct AdmReport {
     pub reference_stats_precomputed: bool,
 }
 
+/// What [`InceptionV3`] is, as the evaluator's output states it.
+pub const NETWORK_NOTE: &str = "InceptionV3 is pytorch-fid's port of the evaluator's TF graph \
+     (pt_inception-2015-12-05); its bilinear resize to 299×299 differs slightly from TF's, so the \
+     numbers differ slightly from the TF evaluator's";
+
+/// One evaluation as `cargo xtask eval --samples … --json` prints it: the numbers and what
+/// produced them.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdmEvaluation {
+    /// The numbers.
+    #[serde(flatten)]
+    pub report: AdmReport,
+    /// The sample batch file.
+    pub samples: String,
+    /// The reference batch file.
+    pub reference: String,
+    /// The InceptionV3 weights file.
+    pub inception: String,
+    /// How pixels were scaled.
+    pub input_scale: InputScale,
+    /// Neighbourhood size of precision / recall.
+    pub k: usize,
+    /// [`NETWORK_NOTE`].
+    pub network: &'static str,
+    /// The device name.
+    pub device: String,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
 /// Features and FID statistics of one batch file.
 fn read_batch<B: Backend>(
     net: &InceptionV3<B>,
@@ -611,4 +641,42 @@ pub fn evaluate<B: Backend>(
         sample_stats_precomputed: sam_pre,
         reference_stats_precomputed: ref_pre,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--json` prints the evaluator's numbers at the top level, next to what produced them.
+    #[test]
+    fn an_evaluation_serialises_flat() {
+        let e = AdmEvaluation {
+            report: AdmReport {
+                inception_score: 1.5,
+                fid: 2.5,
+                sfid: 3.5,
+                precision: 0.25,
+                recall: 0.75,
+                n_samples: 10,
+                n_reference: 20,
+                sample_stats_precomputed: false,
+                reference_stats_precomputed: true,
+            },
+            samples: "s.npz".into(),
+            reference: "r.npz".into(),
+            inception: "w.pth".into(),
+            input_scale: InputScale::PytorchFid,
+            k: 3,
+            network: NETWORK_NOTE,
+            device: "cpu".into(),
+            seconds: 0.5,
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["fid"], 2.5);
+        assert_eq!(v["n_reference"], 20);
+        assert_eq!(v["reference_stats_precomputed"], true);
+        assert_eq!(v["samples"], "s.npz");
+        assert_eq!(v["k"], 3);
+        assert!(v.get("report").is_none(), "{v}");
+    }
 }
