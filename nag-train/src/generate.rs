@@ -31,14 +31,15 @@ pub enum SamplerKind {
     Ode,
 }
 
-/// Parses `--variance`: `large` (`β_t`, DiT's fixed choice) or `small` (`β̃_t`).
+/// Parses `--variance` (clap's value parser, which names the flag and the value):
+/// `large` (`β_t`, DiT's fixed choice) or `small` (`β̃_t`).
 pub fn parse_variance(s: &str) -> Result<FixedVariance, GenerateError> {
     match s {
         "large" => Ok(FixedVariance::Large),
         "small" => Ok(FixedVariance::Small),
-        _ => Err(GenerateError::Config(format!(
-            "--variance '{s}': expected small (the posterior β̃_t) or large (β_t)"
-        ))),
+        _ => Err(GenerateError::Config(
+            "expected small (the posterior β̃_t) or large (β_t)".into(),
+        )),
     }
 }
 

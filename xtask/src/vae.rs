@@ -82,8 +82,8 @@ pub struct DecodeArgs {
     pub png: Option<PathBuf>,
 }
 
-/// Reads `[N, C, H, W]` floats from a .npy.
 impl VaeOpts {
+    /// The VAE folder and batch, as the library takes them.
     fn job(&self) -> VaeJob {
         VaeJob {
             vae: self.vae.clone(),

@@ -136,7 +136,7 @@ where
 mod tests {
     use burn::backend::Autodiff;
     use burn::module::Module;
-    use burn::nn::{Linear, LinearConfig};
+    use burn::nn::{Initializer, Linear, LinearConfig};
     use burn::tensor::TensorData;
     use burn_ndarray::NdArray;
     use rand_chacha::ChaCha8Rng;
@@ -225,21 +225,25 @@ mod tests {
     #[test]
     fn learns_a_line_and_reports_every_log_every_steps() {
         let device = Default::default();
-        let model = LinearConfig::new(2, 1).with_bias(false).init::<B>(&device);
+        // Zero initial weights: the run is the same every time.
+        let model = LinearConfig::new(2, 1)
+            .with_bias(false)
+            .with_initializer(Initializer::Zeros)
+            .init::<B>(&device);
         let mut logs = Vec::new();
         let (model, losses) = fit(
             model,
             AdamWConfig::new().with_weight_decay(0.0),
-            plan(100),
+            plan(300),
             |_| 0.05,
             |m, b, _| mse(m, b, 1.0),
             |log| logs.push(log),
         )
         .unwrap();
         let steps: Vec<u64> = logs.iter().map(|l| l.step).collect();
-        assert_eq!(steps, [40, 80, 100]);
-        assert!(losses.last < 0.1 * losses.first, "{losses:?}");
-        assert!(logs[2].count_per_item > 0.5, "{logs:?}");
+        assert_eq!(steps, [40, 80, 120, 160, 200, 240, 280, 300]);
+        assert!(losses.last < 0.01 * losses.first, "{losses:?}");
+        assert!(logs[7].count_per_item > 0.8, "{logs:?}");
         let w: Vec<f32> = model.weight.val().into_data().to_vec().unwrap();
         assert!(
             (w[0] - 2.0).abs() < 0.5 && (w[1] - 3.0).abs() < 0.5,
