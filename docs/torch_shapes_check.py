@@ -24,6 +24,7 @@ recognisable shapes (ratio ≈ 0.45). Hence the product's defaults. Flags: --ste
 usage: python torch_shapes_check.py --steps 1500 --out check.png   (torch from PyPI)
 """
 import math, sys, time, zlib, struct, argparse
+from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 
@@ -121,32 +122,10 @@ def sincos(d, g):
     return np.concatenate([one(d // 2, grid[0]), one(d // 2, grid[1])], 1)
 
 
-def modulate(x, shift, scale):
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
-
-
-class Block(nn.Module):
-    def __init__(self, d, h):
-        super().__init__()
-        self.h = h
-        self.n1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
-        self.n2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.proj = nn.Linear(d, d)
-        self.fc1 = nn.Linear(d, 4 * d)
-        self.fc2 = nn.Linear(4 * d, d)
-        self.ada = nn.Linear(d, 6 * d)
-
-    def forward(self, x, c):
-        sm, cm, gm, sp, cp, gp = self.ada(F.silu(c)).chunk(6, dim=1)
-        B, N, D = x.shape
-        h = modulate(self.n1(x), sm, cm)
-        q, k, v = self.qkv(h).reshape(B, N, 3, self.h, D // self.h).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D)
-        x = x + gm.unsqueeze(1) * self.proj(o)
-        h = modulate(self.n2(x), sp, cp)
-        x = x + gp.unsqueeze(1) * self.fc2(F.gelu(self.fc1(h), approximate="tanh"))
-        return x
+# The transformer block and adaLN modulation of the PyTorch reference DiT (same modules in the
+# same order, so the same draws initialise them).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts" / "gpu"))
+from torch_dit import Block, modulate  # noqa: E402
 
 
 class DiT(nn.Module):
@@ -170,7 +149,7 @@ class DiT(nn.Module):
         nn.init.normal_(self.y.weight, std=args.ystd)
         nn.init.normal_(self.tm[0].weight, std=0.02); nn.init.normal_(self.tm[2].weight, std=0.02)
         for b in self.blocks:
-            nn.init.zeros_(b.ada.weight); nn.init.zeros_(b.ada.bias)
+            nn.init.zeros_(b.ada[1].weight); nn.init.zeros_(b.ada[1].bias)
         for m in [self.fada, self.flin]:
             nn.init.zeros_(m.weight); nn.init.zeros_(m.bias)
 

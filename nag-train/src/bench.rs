@@ -349,6 +349,56 @@ pub struct BenchReport {
     pub ratio_forward: Option<f64>,
 }
 
+/// The table `xtask bench` prints: burn's times, PyTorch's and the ratios when measured,
+/// and the guided-step ratio.
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let row = |f: &mut std::fmt::Formatter<'_>, name: &str, t: &Timing| {
+            writeln!(
+                f,
+                "{name:<14} {:>14.1} {:>12.1} {:>12}",
+                t.train_step_ms, t.forward_ms, t.params
+            )
+        };
+        let header = ("", "train step ms", "forward ms", "params");
+        writeln!(
+            f,
+            "{:<14} {:>14} {:>12} {:>12}",
+            header.0, header.1, header.2, header.3
+        )?;
+        row(f, "burn", &self.burn)?;
+        match (
+            &self.torch,
+            self.torch_threads,
+            self.ratio_train_step,
+            self.ratio_forward,
+        ) {
+            (Some(t), Some(threads), Some(train), Some(forward)) => {
+                row(f, &format!("torch ({threads} thr)"), t)?;
+                write!(
+                    f,
+                    "{:<14} {train:>14.2} {forward:>12.2}   (burn / torch; < 1 is faster than \
+                     PyTorch)",
+                    "ratio"
+                )?;
+            }
+            _ => write!(
+                f,
+                "(pass --torch PYTHON, a Python with torch, to time the PyTorch reference too)"
+            )?,
+        }
+        if let (Some(cfg), Some(cfg_nag)) = (self.burn.cfg_step_ms, self.burn.cfg_nag_step_ms) {
+            write!(
+                f,
+                "\nguided step: CFG {cfg:.1} ms, CFG+NAG {cfg_nag:.1} ms, ratio {:.2} (3 branches \
+                 / 2)",
+                cfg_nag / cfg
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl BenchReport {
     /// Joins burn's timing on `device` and PyTorch's (if measured).
     pub fn new(config: BenchShape, device: &str, burn: Timing, torch: Option<TorchTiming>) -> Self {

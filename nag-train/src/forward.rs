@@ -13,7 +13,7 @@ use nag_models::npy::{read_npy, write_npy_f32, NpyArray};
 use nag_models::state_dict::CheckpointError;
 
 /// Which network family the weights are (decides the clock `t` is read in).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModelKind {
     /// DiT: `t` is the DDPM step index (0..=999) as a float.
     Dit,
@@ -21,37 +21,38 @@ pub enum ModelKind {
     Sit,
 }
 
-impl std::str::FromStr for ModelKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "dit" => Ok(Self::Dit),
-            "sit" => Ok(Self::Sit),
-            _ => Err(format!("unknown network family '{s}' (dit or sit)")),
-        }
-    }
-}
-
-/// What to evaluate, and where to write it.
-#[derive(Debug, Clone)]
+/// What to evaluate, and where to write it (the options of `xtask forward`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ForwardInputs {
-    /// Weights: torch.save file, .safetensors or a model directory (detected from content).
+    /// Weights: torch.save file (.pt/.pth/.bin; plain state dict or training checkpoint),
+    /// .safetensors, or a model directory. The format is detected from the content.
+    #[arg(long, value_name = "W")]
     pub weights: PathBuf,
-    /// `x`: float `[N, C, H, W]`.
+    /// Input x: float .npy of shape [N, C, H, W].
+    #[arg(long, value_name = "X.npy")]
     pub input: PathBuf,
-    /// `t`: `[N]` or one value for every sample.
+    /// Times t: .npy of shape [N] (or a single value for every sample); integers accepted.
+    #[arg(long, value_name = "T.npy")]
     pub t: PathBuf,
-    /// `y`: integer `[N]` (or one value); required by class-conditional models.
+    /// Class labels y: integer .npy of shape [N]; required for class-conditional models,
+    /// ignored by unconditional ones.
+    #[arg(long, value_name = "Y.npy")]
     pub y: Option<PathBuf>,
-    /// Per-sample null-t mask: bool or 0/1 `[N]` (or one value).
+    /// Per-sample null-t mask: bool (or 0/1) .npy of shape [N]; set entries use the learned
+    /// null-timestep vector instead of the timestep embedding.
+    #[arg(long = "null-t", value_name = "MASK.npy")]
     pub null_t: Option<PathBuf>,
-    /// The network family.
+    /// Network family: dit (DDPM-index clock) or sit (SiT clock).
+    #[arg(long, value_enum, hide_possible_values = true, default_value = "dit")]
     pub kind: ModelKind,
     /// Attention heads (default: the standard count for the hidden size).
+    #[arg(long, value_name = "N")]
     pub heads: Option<usize>,
-    /// Entry of a training checkpoint: `ema` or `model` (default: ema when present).
+    /// Entry of a training checkpoint to use: ema or model (default: ema when present).
+    #[arg(long, value_name = "ema|model")]
     pub key: Option<String>,
-    /// The output `.npy`, `[N, C_out, H, W]`, written atomically.
+    /// Output: float .npy of shape [N, C_out, H, W], written atomically.
+    #[arg(long, value_name = "OUT.npy")]
     pub output: PathBuf,
 }
 
@@ -96,6 +97,49 @@ pub struct ForwardReport {
     pub shape: Vec<usize>,
     /// The output holds NaN or ±∞.
     pub non_finite: bool,
+}
+
+/// The report as `xtask forward` prints it: what was loaded, the mask, the time.
+impl std::fmt::Display for ForwardReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.config;
+        writeln!(f, "weights: {}", self.weights)?;
+        writeln!(
+            f,
+            "model: input {}x{}x{}, patch {}, hidden {}, depth {}, heads {}, {} classes, {} \
+             output channels",
+            c.in_channels,
+            c.input_size,
+            c.input_size,
+            c.patch_size,
+            c.hidden_size,
+            c.depth,
+            c.num_heads,
+            c.num_classes,
+            c.out_channels()
+        )?;
+        if self.null_t_initialised {
+            writeln!(
+                f,
+                "null-t vector: not in the file, freshly initialised (random): null-t outputs \
+                 are meaningless until the model is fine-tuned with noise-condition dropout"
+            )?;
+        } else {
+            writeln!(f, "null-t vector: loaded from the file")?;
+        }
+        if self.y_ignored {
+            writeln!(f, "note: the model is unconditional; --y is ignored")?;
+        }
+        if let Some(k) = self.null_t_count {
+            let n = self.shape[0];
+            writeln!(f, "null-t mask: {k} of {n} samples use the null vector")?;
+        }
+        write!(f, "forward: {:.2}s", self.seconds)?;
+        if self.non_finite {
+            write!(f, "\nwarning: the output contains NaN or inf")?;
+        }
+        Ok(())
+    }
 }
 
 fn read(path: &Path, what: &str) -> Result<NpyArray, ForwardError> {

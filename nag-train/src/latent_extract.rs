@@ -21,25 +21,41 @@ use crate::data::latent_store::{write_classes, Manifest, ShardBuilder, StorePara
 use crate::data::{hflip_in_place, DataError, DataOptions, FolderDataset, OnError};
 use crate::vae_codec::{encode_images, LatentDraw};
 
-/// Options of [`extract_latents`].
-#[derive(Debug, Clone, PartialEq)]
+/// Options of [`extract_latents`] (and of `xtask latents`).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct ExtractConfig {
-    /// Image folder (one subfolder per class).
+    /// Image folder, one subfolder per class (sorted as torchvision's ImageFolder).
+    #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
-    /// diffusers VAE folder.
+    /// diffusers VAE folder (config.json + diffusion_pytorch_model.safetensors or .bin), e.g.
+    /// stabilityai/sd-vae-ft-ema.
+    #[arg(long, value_name = "DIR")]
     pub vae: PathBuf,
-    /// Output store folder (created; a store there with the same options is continued).
+    /// Output store folder; re-running the same command continues an interrupted extraction.
+    #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Centre-crop side; a multiple of the VAE's downscale factor.
+    /// ADM centre-crop side (a multiple of the VAE's downscale, 8 for the SD VAE).
+    #[arg(long, default_value_t = 256)]
     pub size: usize,
-    /// Source images per VAE call (each call encodes `2·batch` crops: plain and mirrored).
+    /// Images per VAE call (each is encoded plain and mirrored: 2·batch crops).
+    #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// Source files per shard.
+    /// Source images per shard file (2048 × 32 KiB = 64 MiB at 256 px).
+    #[arg(long, default_value_t = 2048)]
     pub shard_size: usize,
-    /// Unreadable files: skip (count them) or fail (naming the file).
+    /// Unreadable files: `skip` (count them) or `fail` (stop, naming the file).
+    #[arg(
+        long = "on-bad-file",
+        value_enum,
+        ignore_case = true,
+        hide_possible_values = true,
+        value_name = "skip|fail",
+        default_value = "skip"
+    )]
     pub on_error: OnError,
-    /// Decoding threads.
-    pub threads: usize,
+    /// Image-decoding threads (default: the number of cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// Reported after each batch.
@@ -271,7 +287,10 @@ pub fn extract_latents<B: Backend>(
         })
         .collect();
     let size = cfg.size;
-    let threads = cfg.threads.max(1);
+    let threads = cfg
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
     let [lc, lh, lw] = params.latent_shape;
     let d = lc * lh * lw;
     let per_image = 3 * size * size;
@@ -408,7 +427,7 @@ mod tests {
             batch: 2,
             shard_size: 2,
             on_error: OnError::Skip,
-            threads: 2,
+            threads: Some(2),
         }
     }
 

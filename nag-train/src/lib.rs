@@ -4,7 +4,8 @@
 //! Noise Awareness Guidance (NAG, arXiv 2510.12497).
 //!
 //! - [`data`]: datasets (built-in `shapes` / `gmm`, image folders, latents, IDX) and the
-//!   deterministic background batch loader.
+//!   deterministic background batch loader; [`data_preview`]: a dataset's first items as a
+//!   PNG grid (`xtask data`).
 //! - [`image`]: PNG image grids and a minimal line-plot renderer.
 //! - [`objective`]: DDPM (hybrid loss) and interpolant training losses.
 //! - [`train`]: the noise-dropout trainer (AdamW, EMA, atomic checkpoints, exact resume);
@@ -29,12 +30,17 @@
 //! - [`sample_set`]: FID-50K sample sets: batched, decoded, resumable, in the ADM `.npz` format.
 //! - [`transfer`]: the transfer table in miniature (fine-tuning onto a new domain; FT / CFG /
 //!   DoG, each ± NAG) on `gmm` data, measured exactly.
-//! - [`vae_codec`]: images ↔ latents through the SD VAE in batches; DiT's bytes conversion.
+//! - [`vae_codec`]: images ↔ latents through the SD VAE in batches; DiT's bytes conversion;
+//!   [`vae_files`]: the same on `.npy` and image files (`xtask vae`).
+//! - [`forward`]: one network evaluation on `.npy` inputs (`xtask forward`); [`bench`]: the
+//!   DiT timing (`xtask bench`); [`device_check`]: one backend against another (`xtask
+//!   gpu-check`); [`latent_extract`]: an image folder → a latent store (`xtask latents`).
 #![warn(missing_docs)]
 
 pub mod bench;
 pub mod classifier_nag;
 pub mod data;
+pub mod data_preview;
 pub mod device_check;
 pub mod ema;
 mod error;

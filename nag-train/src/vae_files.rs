@@ -27,13 +27,86 @@ pub enum CodecEvent<'a> {
     },
 }
 
-/// The VAE folder and the batch the pipelines run in.
-#[derive(Debug, Clone)]
+/// The VAE folder and the batch the pipelines run in (options of both directions).
+#[derive(Debug, Clone, clap::Args)]
 pub struct VaeJob {
-    /// A diffusers `AutoencoderKL` folder.
+    /// A diffusers VAE folder (config.json + diffusion_pytorch_model.safetensors or .bin),
+    /// e.g. a download of stabilityai/sd-vae-ft-ema.
+    #[arg(long, value_name = "DIR")]
     pub vae: PathBuf,
     /// Images or latents per VAE call.
+    #[arg(long, default_value_t = 8)]
     pub batch: usize,
+}
+
+/// Images → unscaled latents (the options of `xtask vae encode`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EncodeJob {
+    /// The VAE and its batch.
+    #[command(flatten)]
+    pub vae: VaeJob,
+    /// Images: a float .npy [N, 3, H, W] in [−1, 1], a PNG/JPEG file, or a folder of them
+    /// (sorted by name, searched recursively).
+    #[arg(long, value_name = "X.npy|IMAGE|DIR")]
+    pub input: PathBuf,
+    /// Output .npy of unscaled latents [N, 4, H/8, W/8] (written atomically).
+    #[arg(long, value_name = "Z.npy")]
+    pub output: PathBuf,
+    /// Write a draw mean + std·ε instead of the mean.
+    #[arg(long)]
+    pub sample: bool,
+    /// Seed of the draw (image i uses noise stream i, whatever the batch size).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// PNG/JPEG inputs: ADM centre crop to SIZE × SIZE first (default: use the images as they
+    /// are, which must then all have one size).
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<usize>,
+}
+
+impl EncodeJob {
+    /// The posterior mean, or a draw with `--sample`.
+    pub fn draw(&self) -> LatentDraw {
+        if self.sample {
+            LatentDraw::Sample { seed: self.seed }
+        } else {
+            LatentDraw::Mean
+        }
+    }
+}
+
+/// Unscaled latents → images (the options of `xtask vae decode`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DecodeJob {
+    /// The VAE and its batch.
+    #[command(flatten)]
+    pub vae: VaeJob,
+    /// Unscaled latents: a float .npy [N, 4, h, w] (divide DiT latents by the scaling factor
+    /// first).
+    #[arg(long, value_name = "Z.npy")]
+    pub input: PathBuf,
+    /// Output .npy of decoded images [N, 3, 8h, 8w], not clamped (written atomically).
+    #[arg(long, value_name = "X.npy")]
+    pub output: PathBuf,
+    /// Also a PNG grid of the images.
+    #[arg(long, value_name = "P.png")]
+    pub png: Option<PathBuf>,
+}
+
+/// The description `CodecEvent::Loaded` carries, as one line.
+pub fn describe(source: &VaeSource) -> String {
+    format!(
+        "VAE: {} (block_out_channels {:?}, latent {}, scaling_factor {}{})",
+        source.weights.display(),
+        source.config.block_out_channels,
+        source.config.latent_channels,
+        source.config.scaling_factor,
+        if source.old_attention_names {
+            ", old attention names"
+        } else {
+            ""
+        }
+    )
 }
 
 fn config(message: String) -> PipelineError {
@@ -112,17 +185,14 @@ pub fn read_images(
     Ok((values, [files.len(), 3, h, w]))
 }
 
-/// Encodes `input` (a float `[N, 3, H, W]` `.npy`, an image or a folder of them, see
-/// [`read_images`]) into unscaled latents written to `output`; returns their shape.
+/// Encodes `job.input` (a float `[N, 3, H, W]` `.npy`, an image or a folder of them, see
+/// [`read_images`]) into unscaled latents written to `job.output`; returns their shape.
 pub fn encode_file<B: Backend>(
-    job: &VaeJob,
-    input: &Path,
-    size: Option<usize>,
-    draw: LatentDraw,
-    output: &Path,
+    job: &EncodeJob,
     device: &B::Device,
     events: &mut dyn FnMut(CodecEvent),
 ) -> Result<[usize; 4], PipelineError> {
+    let (input, output, size) = (&job.input, &job.output, job.size);
     let is_npy = input
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
@@ -136,39 +206,45 @@ pub fn encode_file<B: Backend>(
     } else {
         read_images(input, size)?
     };
-    let (vae, source) = Vae::<B>::load(&job.vae, device)?;
+    let (vae, source) = Vae::<B>::load(&job.vae.vae, device)?;
     events(CodecEvent::Loaded(&source));
     let total = shape[0];
-    let enc = encode_images(&vae, &images, shape, job.batch, draw, device, &mut |done| {
-        events(CodecEvent::Progress { done, total })
-    })
+    let batch = job.vae.batch;
+    let enc = encode_images(
+        &vae,
+        &images,
+        shape,
+        batch,
+        job.draw(),
+        device,
+        &mut |done| events(CodecEvent::Progress { done, total }),
+    )
     .map_err(|e| config(format!("encoding {}: {e}", input.display())))?;
     write_npy_f32(output, &enc.shape, &enc.latents)
         .map_err(|e| config(format!("writing {}: {e}", output.display())))?;
     Ok(enc.shape)
 }
 
-/// Decodes the unscaled latents in `input` (`[N, C, h, w]` `.npy`) into images in `[−1, 1]`
-/// written to `output`, and to the PNG grid `png` if given; returns the images' shape.
+/// Decodes the unscaled latents in `job.input` (`[N, C, h, w]` `.npy`) into images in
+/// `[−1, 1]` written to `job.output`, and to the PNG grid `job.png` if given; returns the
+/// images' shape.
 pub fn decode_file<B: Backend>(
-    job: &VaeJob,
-    input: &Path,
-    output: &Path,
-    png: Option<&Path>,
+    job: &DecodeJob,
     device: &B::Device,
     events: &mut dyn FnMut(CodecEvent),
 ) -> Result<[usize; 4], PipelineError> {
+    let (input, output) = (&job.input, &job.output);
     let (z, shape) = read_nchw(input, "the latents")?;
-    let (vae, source) = Vae::<B>::load(&job.vae, device)?;
+    let (vae, source) = Vae::<B>::load(&job.vae.vae, device)?;
     events(CodecEvent::Loaded(&source));
     let total = shape[0];
-    let (x, xshape) = decode_latents(&vae, &z, shape, job.batch, device, &mut |done| {
+    let (x, xshape) = decode_latents(&vae, &z, shape, job.vae.batch, device, &mut |done| {
         events(CodecEvent::Progress { done, total })
     })
     .map_err(|e| config(format!("decoding {}: {e}", input.display())))?;
     write_npy_f32(output, &xshape, &x)
         .map_err(|e| config(format!("writing {}: {e}", output.display())))?;
-    if let Some(png) = png {
+    if let Some(png) = &job.png {
         let opts = GridOptions {
             nrow: (xshape[0] as f64).sqrt().ceil() as usize,
             padding: 2,

@@ -74,7 +74,7 @@ fn image_folder_to_latents_to_training_to_npz_to_adm_evaluation() {
             batch: 4,
             shard_size: 4,
             on_error: OnError::Fail,
-            threads: 1,
+            threads: Some(1),
         },
         &device,
         &mut |_| {},

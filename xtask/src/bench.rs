@@ -80,37 +80,6 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         shape.iters, a.device,
         std::env::consts::ARCH, threads
     );
-    println!(
-        "{:<14} {:>14} {:>12} {:>12}",
-        "", "train step ms", "forward ms", "params"
-    );
-    let burn = &report.burn;
-    println!(
-        "{:<14} {:>14.1} {:>12.1} {:>12}",
-        "burn", burn.train_step_ms, burn.forward_ms, burn.params
-    );
-    if let (Some(t), Some(threads)) = (&report.torch, report.torch_threads) {
-        println!(
-            "{:<14} {:>14.1} {:>12.1} {:>12}",
-            format!("torch ({threads} thr)"),
-            t.train_step_ms,
-            t.forward_ms,
-            t.params
-        );
-        println!(
-            "{:<14} {:>14.2} {:>12.2}   (burn / torch; < 1 is faster than PyTorch)",
-            "ratio",
-            burn.train_step_ms / t.train_step_ms,
-            burn.forward_ms / t.forward_ms
-        );
-    } else {
-        println!("(pass --torch PYTHON, a Python with torch, to time the PyTorch reference too)");
-    }
-    if let (Some(cfg), Some(cfg_nag)) = (burn.cfg_step_ms, burn.cfg_nag_step_ms) {
-        println!(
-            "guided step: CFG {cfg:.1} ms, CFG+NAG {cfg_nag:.1} ms, ratio {:.2} (3 branches / 2)",
-            cfg_nag / cfg
-        );
-    }
+    println!("{report}");
     Ok(())
 }

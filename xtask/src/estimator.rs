@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_train::estimator::{
     load_estimator, train_estimator, validate_on_gmm, EstimatorProgress, EstimatorSummary,
-    EstimatorTrainConfig, ValidationReport,
+    EstimatorTrainConfig, ValidateOptions, ValidationReport,
 };
 
 use crate::progress::Progress;
@@ -41,15 +41,8 @@ pub struct EstimatorTrainArgs {
 /// Arguments of `cargo xtask estimator validate`.
 #[derive(Debug, Args)]
 pub struct EstimatorValidateArgs {
-    /// The estimator: its folder or its .safetensors / .json file.
-    #[arg(long, default_value = "runs/estimator")]
-    pub estimator: PathBuf,
-    /// Number of forward-noised states.
-    #[arg(long, default_value_t = 256)]
-    pub n: usize,
-    /// Seed of the states.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub options: ValidateOptions,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -122,61 +115,33 @@ fn run_train(args: &EstimatorTrainArgs) -> Result<()> {
     Ok(())
 }
 
-struct ValidateTask<'a> {
-    args: &'a EstimatorValidateArgs,
-}
+struct ValidateTask<'a>(&'a ValidateOptions);
 
 impl BackendTask for ValidateTask<'_> {
     type Output = Result<ValidationReport>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let path = &self.args.estimator;
-        let (est, meta) = load_estimator::<B::InnerBackend>(path, &device)
-            .with_context(|| format!("loading the estimator {}", path.display()))?;
-        let gmm = meta.gmm_dataset()?;
-        let schedule = meta.schedule()?;
-        Ok(validate_on_gmm(
-            &est,
-            &gmm,
-            &schedule,
-            self.args.n,
-            self.args.seed,
-        )?)
+        let o = self.0;
+        let (est, meta) = load_estimator::<B::InnerBackend>(&o.estimator, &device)
+            .with_context(|| format!("loading the estimator {}", o.estimator.display()))?;
+        let (gmm, schedule) = (meta.gmm_dataset()?, meta.schedule()?);
+        Ok(validate_on_gmm(&est, &gmm, &schedule, o.n, o.seed)?)
     }
 }
 
 fn run_validate(args: &EstimatorValidateArgs) -> Result<()> {
-    if args.n == 0 {
+    if args.options.n == 0 {
         bail!("--n must be at least 1");
     }
     let spec = DeviceSpec::parse(&args.device)?;
-    let report = dispatch(spec, ValidateTask { args })??;
+    let report = dispatch(spec, ValidateTask(&args.options))??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    println!(
-        "noise-level estimator {} vs the exact gmm posterior, {} states:",
-        args.estimator.display(),
-        report.n
-    );
-    let rows = [
-        ("mean |τ̂ − τ|", report.mean_abs_error_vs_true_tau),
-        (
-            "mean |τ̂ − E_exact[τ|x]|",
-            report.mean_abs_error_vs_exact_posterior_mean,
-        ),
-        ("mean total variation", report.mean_total_variation),
-        (
-            "exact posterior: mean |E[τ|x] − τ|",
-            report.exact_mean_abs_error_vs_true_tau,
-        ),
-        (
-            "constant 0.5: mean |0.5 − E_exact[τ|x]|",
-            report.constant_mean_abs_error_vs_exact_posterior_mean,
-        ),
-    ];
-    for (name, value) in rows {
-        println!("  {name:<42} {value:.4}");
+    } else {
+        println!(
+            "noise-level estimator {} vs the exact gmm posterior, {} states:\n{report}",
+            args.options.estimator.display(),
+            report.n
+        );
     }
     Ok(())
 }

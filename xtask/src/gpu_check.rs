@@ -13,81 +13,18 @@
 //! `--preset xl` is the paper's DiT-XL/2 on 4×32×32 latents (batch 32 for speed); `--preset
 //! tiny` is the CPU dry pass's.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{bail, Result};
-use clap::{Args, ValueEnum};
-use nag_backends::{dispatch, BackendTask, DeviceSpec, Precision};
+use anyhow::Result;
+use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_train::bench::run_torch;
 use nag_train::device_check::{
-    parity, sampling_rate, stage_file, write_stage, Parity, ParityOptions, Preset, Report,
-    ReportInputs, SampleStage, SamplingRate, SamplingRateOptions, SpeedRow, SpeedStage, TorchRow,
+    parity, sampling_rate, stage_file, write_stage, GpuCheckOptions, Parity, ParityOptions, Report,
+    ReportInputs, SampleStage, SamplingRate, SamplingRateOptions, SpeedRow, SpeedStage, Stage,
+    TorchRow,
 };
 
 use crate::bench::time_burn;
-
-/// One stage of the check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Stage {
-    /// `--device` against the CPU backend: forward, training step, short sampling run.
-    Parity,
-    /// Training step and forward time at each `--precision`.
-    Speed,
-    /// The same network timed in PyTorch (`--torch`).
-    Torch,
-    /// Images/s of guided DDPM sampling.
-    Sample,
-    /// Join the stage results into report.json and README.md.
-    Report,
-}
-
-/// Arguments of `xtask gpu-check`.
-#[derive(Debug, Args)]
-pub struct GpuCheckArgs {
-    /// Which stage to run.
-    #[arg(long, value_enum)]
-    pub stage: Stage,
-    /// Device to check: cuda:N (or cpu for the dry pass).
-    #[arg(long, default_value = "cuda:0")]
-    pub device: String,
-    /// Model sizes: xl (DiT-XL/2, the paper's) or tiny (the dry pass).
-    #[arg(long, default_value_t = Preset::Xl)]
-    pub preset: Preset,
-    /// Folder of the stage results and the report.
-    #[arg(long, default_value = "docs/gpu")]
-    pub out: PathBuf,
-    /// Batch of the speed stages (default: 32 for xl, 2 for tiny).
-    #[arg(long)]
-    pub batch: Option<usize>,
-    /// Timed repetitions of the speed stages (the median is reported).
-    #[arg(long, default_value_t = 5)]
-    pub iters: usize,
-    /// Precisions of the speed stages, comma-separated: f32, bf16 (bf16: CUDA only).
-    #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
-    pub precision: Vec<String>,
-    /// DDPM steps of the sample stage (default: 250 for xl, 5 for tiny).
-    #[arg(long)]
-    pub sample_steps: Option<usize>,
-    /// Images per sampling run.
-    #[arg(long, default_value_t = 8)]
-    pub sample_batch: usize,
-    /// Python with torch, for the torch stage.
-    #[arg(long, default_value = "python3")]
-    pub torch: PathBuf,
-    /// The PyTorch reference script.
-    #[arg(long, default_value = "scripts/gpu/torch_dit.py")]
-    pub torch_script: PathBuf,
-    /// Report: the GPU's name (the script reads it from nvidia-smi).
-    #[arg(long)]
-    pub device_name: Option<String>,
-    /// Report: the commit the binaries were built from.
-    #[arg(long)]
-    pub commit: Option<String>,
-    /// Report: peak GPU memory in use during the burn speed stage, in bytes, above the idle
-    /// reading (the script samples nvidia-smi).
-    #[arg(long)]
-    pub peak_memory_bytes: Option<u64>,
-}
 
 struct ParityTask<'a>(&'a ParityOptions);
 
@@ -136,34 +73,17 @@ impl BackendTask for SampleTask<'_> {
 }
 
 /// Runs `xtask gpu-check`.
-pub fn run(a: &GpuCheckArgs) -> Result<()> {
+pub fn run(a: &GpuCheckOptions) -> Result<()> {
     let spec = DeviceSpec::parse(&a.device)?;
-    let precisions = a
-        .precision
-        .iter()
-        .map(|p| p.parse::<Precision>())
-        .collect::<Result<Vec<_>, _>>()?;
-    let sample_steps = a.sample_steps.unwrap_or(a.preset.sample_steps());
-    if a.iters == 0 || a.sample_batch == 0 || sample_steps == 0 || a.batch == Some(0) {
-        bail!("--iters, --batch, --sample-steps and --sample-batch must be at least 1");
-    }
+    a.check()?;
     if a.stage != Stage::Report {
         std::fs::create_dir_all(&a.out)
             .map_err(|e| anyhow::anyhow!("creating --out {}: {e}", a.out.display()))?;
     }
-    let shape = a.preset.speed_shape(a.batch, a.iters);
+    let (shape, precisions) = (a.preset.speed_shape(a.batch, a.iters), &a.precision);
     match a.stage {
         Stage::Parity => {
-            let (config, sample_config) = a.preset.parity_networks()?;
-            let options = ParityOptions {
-                config,
-                forward_batch: 4,
-                train_batch: 2,
-                sample_config,
-                sample_steps: 10,
-                sample_batch: 2,
-                seed: 0,
-            };
+            let options = a.parity()?;
             let p = dispatch(spec, ParityTask(&options))??;
             println!(
                 "parity ({} vs cpu): forward max rel {:.2e}, loss {:.2e}, gradient norm {:.2e}, \
@@ -182,7 +102,7 @@ pub fn run(a: &GpuCheckArgs) -> Result<()> {
                 model: shape,
                 rows: Vec::new(),
             };
-            for &precision in &precisions {
+            for &precision in precisions {
                 let timing = time_burn(&shape, spec, precision)?;
                 println!(
                     "burn {precision}: train step {:.1} ms, forward {:.1} ms (batch {})",
@@ -204,7 +124,7 @@ pub fn run(a: &GpuCheckArgs) -> Result<()> {
             } else {
                 "cpu"
             };
-            for &precision in &precisions {
+            for &precision in precisions {
                 let extra =
                     ["--device", device, "--dtype", &precision.to_string()].map(String::from);
                 let row: TorchRow = run_torch(&a.torch, &a.torch_script, &shape, &extra)?;
@@ -218,14 +138,7 @@ pub fn run(a: &GpuCheckArgs) -> Result<()> {
             Ok(())
         }
         Stage::Sample => {
-            let options = SamplingRateOptions {
-                config: a.preset.sample_network()?,
-                steps: sample_steps,
-                batch: a.sample_batch,
-                nag: 1.0,
-                cfg: 1.5,
-                seed: 0,
-            };
+            let options = a.sampling()?;
             let rates = dispatch(spec, SampleTask(&options, &a.out))??;
             for r in &rates {
                 println!(

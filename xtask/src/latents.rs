@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_train::data::latent_store::{resident_memory, write_synthetic, MANIFEST};
 use nag_train::data::read_rate::read_rate;
-use nag_train::data::{open_dataset, DataOptions, OnError};
+use nag_train::data::{open_dataset, DataOptions};
 use nag_train::latent_extract::{extract_latents, ExtractConfig, ExtractProgress, ExtractSummary};
 
 /// Arguments of `cargo xtask latents`.
@@ -20,41 +20,11 @@ use nag_train::latent_extract::{extract_latents, ExtractConfig, ExtractProgress,
 pub struct LatentsArgs {
     #[command(subcommand)]
     pub cmd: Option<LatentsCmd>,
-    /// Image folder, one subfolder per class (sorted as torchvision's ImageFolder).
-    #[arg(long, required = true)]
-    pub data: Option<PathBuf>,
-    /// diffusers VAE folder (config.json + diffusion_pytorch_model.safetensors or .bin), e.g.
-    /// stabilityai/sd-vae-ft-ema.
-    #[arg(long, required = true)]
-    pub vae: Option<PathBuf>,
-    /// Output store folder; re-running the same command continues an interrupted extraction.
-    #[arg(long, required = true)]
-    pub out: Option<PathBuf>,
-    /// ADM centre-crop side (a multiple of the VAE's downscale, 8 for the SD VAE).
-    #[arg(long, default_value_t = 256)]
-    pub size: usize,
-    /// Images per VAE call (each is encoded plain and mirrored: 2·batch crops).
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Unreadable files: `skip` (count them) or `fail` (stop, naming the file).
-    #[arg(
-        long,
-        value_enum,
-        ignore_case = true,
-        hide_possible_values = true,
-        value_name = "skip|fail",
-        default_value = "skip"
-    )]
-    pub on_bad_file: OnError,
+    #[command(flatten)]
+    pub extract: Option<ExtractConfig>,
     /// Device: cpu, flex, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Source images per shard file (2048 × 32 KiB = 64 MiB at 256 px).
-    #[arg(long, default_value_t = 2048)]
-    pub shard_size: usize,
-    /// Image-decoding threads (default: the number of cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
 }
 
 /// `cargo xtask latents` subcommands.
@@ -90,20 +60,8 @@ pub fn run(args: &LatentsArgs) -> Result<()> {
     if let Some(LatentsCmd::Bench(b)) = &args.cmd {
         return bench(b);
     }
-    let need =
-        |v: &Option<PathBuf>, flag: &str| v.clone().with_context(|| format!("{flag} is required"));
-    let on_error = args.on_bad_file;
-    let cfg = ExtractConfig {
-        data: need(&args.data, "--data")?,
-        vae: need(&args.vae, "--vae")?,
-        out: need(&args.out, "--out")?,
-        size: args.size,
-        batch: args.batch,
-        shard_size: args.shard_size,
-        on_error,
-        threads: args
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    let Some(cfg) = &args.extract else {
+        anyhow::bail!("latents needs --data, --vae and --out (or the subcommand bench)");
     };
     let spec = DeviceSpec::parse(&args.device)?;
     eprintln!(
@@ -114,7 +72,7 @@ pub fn run(args: &LatentsArgs) -> Result<()> {
         cfg.out.display()
     );
     let start = Instant::now();
-    let summary = dispatch(spec, Task { cfg: &cfg })??;
+    let summary = dispatch(spec, Task { cfg })??;
     let m = &summary.manifest;
     eprintln!(
         "{} latents {:?} of {} classes in {} shards ({} resumed) in {:.0}s",

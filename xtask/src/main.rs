@@ -57,7 +57,7 @@ enum Command {
     /// Sample a trained model, with CFG / NAG / both; --compare shows all four side by side.
     Sample(sample::SampleArgs),
     /// Write a grid of a dataset's items (what the trainer sees).
-    Data(data::DataArgs),
+    Data(nag_train::data_preview::PreviewOptions),
     /// One forward pass of a checkpoint on .npy inputs (parity checks against PyTorch).
     Forward(forward::ForwardArgs),
     /// Train the noise-level estimator g_φ(τ|x) or validate it against the exact gmm posterior.
@@ -77,7 +77,7 @@ enum Command {
     Bench(bench::BenchArgs),
     /// The GPU check (issue 23), one stage per call: CUDA vs CPU parity, speed against
     /// PyTorch, sampling rate, report. `scripts/gpu-check.sh` runs every stage.
-    GpuCheck(gpu_check::GpuCheckArgs),
+    GpuCheck(nag_train::device_check::GpuCheckOptions),
     /// Images ↔ SD-VAE latents through a diffusers VAE folder (encode / decode).
     #[command(subcommand)]
     Vae(vae::VaeCmd),

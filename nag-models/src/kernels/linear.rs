@@ -43,44 +43,44 @@ pub fn forward(
     y
 }
 
+/// `out: [rows, cols] = lhs·rhs` summed over `inner`, each operand read through its
+/// `(offset, row stride, column stride)` (a transpose swaps the two strides).
+fn product(
+    (rows, cols, inner): (usize, usize, usize),
+    (lhs, lhs_strides): (&[f32], (usize, usize, usize)),
+    (rhs, rhs_strides): (&[f32], (usize, usize, usize)),
+) -> Vec<f32> {
+    let mut out = vec![0.0; rows * cols];
+    let dst = (0, cols, 1);
+    let dims = (rows, cols, inner);
+    matmul(
+        dims,
+        &mut out,
+        dst,
+        false,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+        1.0,
+    );
+    out
+}
+
 /// `dx = dy·Wᵀ: [m, k]` from `dy: [m, n]`, `w: [k, n]`.
 pub fn backward_x((m, k, n): (usize, usize, usize), w: &[f32], dy: &[f32]) -> Vec<f32> {
     assert_eq!(w.len(), k * n, "weight length");
     assert_eq!(dy.len(), m * n, "gradient length");
-    let mut dx = vec![0.0; m * k];
     // Wᵀ[j, c] = W[c, j].
-    matmul(
-        (m, k, n),
-        &mut dx,
-        (0, k, 1),
-        false,
-        dy,
-        (0, n, 1),
-        w,
-        (0, 1, n),
-        1.0,
-    );
-    dx
+    product((m, k, n), (dy, (0, n, 1)), (w, (0, 1, n)))
 }
 
 /// `dW = xᵀ·dy: [k, n]` from `x: [m, k]`, `dy: [m, n]`.
 pub fn backward_w((m, k, n): (usize, usize, usize), x: &[f32], dy: &[f32]) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "input length");
     assert_eq!(dy.len(), m * n, "gradient length");
-    let mut dw = vec![0.0; k * n];
     // xᵀ[c, i] = x[i, c].
-    matmul(
-        (k, n, m),
-        &mut dw,
-        (0, n, 1),
-        false,
-        x,
-        (0, 1, k),
-        dy,
-        (0, n, 1),
-        1.0,
-    );
-    dw
+    product((k, n, m), (x, (0, 1, k)), (dy, (0, n, 1)))
 }
 
 /// `db = Σ_rows dy: [n]` from `dy: [m, n]`.

@@ -11,9 +11,11 @@
 //! `preset` holds the check's two model sizes, `report` joins the stages' result files into
 //! the check's report.
 
+mod options;
 mod preset;
 mod report;
 
+pub use options::{GpuCheckOptions, Stage};
 pub use preset::Preset;
 pub use report::{
     read_stage, stage_file, write_stage, Report, ReportInputs, SampleStage, SpeedRow, SpeedStage,

@@ -77,6 +77,47 @@ pub struct ValidationReport {
     pub constant_mean_abs_error_vs_exact_posterior_mean: f64,
 }
 
+/// The table `xtask estimator validate` prints, one measure a line.
+impl std::fmt::Display for ValidationReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rows = [
+            ("mean |τ̂ − τ|", self.mean_abs_error_vs_true_tau),
+            (
+                "mean |τ̂ − E_exact[τ|x]|",
+                self.mean_abs_error_vs_exact_posterior_mean,
+            ),
+            ("mean total variation", self.mean_total_variation),
+            (
+                "exact posterior: mean |E[τ|x] − τ|",
+                self.exact_mean_abs_error_vs_true_tau,
+            ),
+            (
+                "constant 0.5: mean |0.5 − E_exact[τ|x]|",
+                self.constant_mean_abs_error_vs_exact_posterior_mean,
+            ),
+        ];
+        for (i, (name, value)) in rows.iter().enumerate() {
+            let end = if i + 1 < rows.len() { "\n" } else { "" };
+            write!(f, "  {name:<42} {value:.4}{end}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The options of `xtask estimator validate`: which estimator, how many states.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct ValidateOptions {
+    /// The estimator: its folder or its .safetensors / .json file.
+    #[arg(long, default_value = "runs/estimator")]
+    pub estimator: std::path::PathBuf,
+    /// Number of forward-noised states.
+    #[arg(long, default_value_t = 256)]
+    pub n: usize,
+    /// Seed of the states.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
 /// Compares `est` with the exact noise-level posterior of `gmm`'s mixture on `n` forward-noised
 /// states.
 ///

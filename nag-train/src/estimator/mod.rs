@@ -52,7 +52,7 @@ mod store;
 mod train;
 
 pub use config::{EstimatorMeta, EstimatorTrainConfig};
-pub use eval::{estimate_tau, validate_on_gmm, ValidationReport};
+pub use eval::{estimate_tau, validate_on_gmm, ValidateOptions, ValidationReport};
 pub use noise::tau_bin;
 pub use store::{load_estimator, save_estimator};
 pub use train::{train_estimator, EstimatorProgress, EstimatorSummary};

@@ -12,19 +12,24 @@ use plotters::prelude::*;
 use super::text::{draw_error, ensure_font, FONT};
 use super::{ImageError, RgbImage};
 
-/// Default series colours (matplotlib's tab10).
+/// Default series colours: matplotlib's tab10, as it writes them (`#1f77b4`, …).
 pub const PALETTE: [[u8; 3]; 10] = [
-    [31, 119, 180],
-    [255, 127, 14],
-    [44, 160, 44],
-    [214, 39, 40],
-    [148, 103, 189],
-    [140, 86, 75],
-    [227, 119, 194],
-    [127, 127, 127],
-    [188, 189, 34],
-    [23, 190, 207],
+    rgb(0x1f77b4),
+    rgb(0xff7f0e),
+    rgb(0x2ca02c),
+    rgb(0xd62728),
+    rgb(0x9467bd),
+    rgb(0x8c564b),
+    rgb(0xe377c2),
+    rgb(0x7f7f7f),
+    rgb(0xbcbd22),
+    rgb(0x17becf),
 ];
+
+/// `0xRRGGBB` → `[R, G, B]`.
+const fn rgb(hex: u32) -> [u8; 3] {
+    [(hex >> 16) as u8, (hex >> 8) as u8, hex as u8]
+}
 
 /// One line of a [`LinePlot`].
 #[derive(Debug, Clone, PartialEq)]
