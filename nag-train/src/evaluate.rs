@@ -233,6 +233,78 @@ pub struct EvalReport {
     pub seconds: EvalSeconds,
 }
 
+/// The table `xtask eval` prints: the run and options, the classifier, one metric a line.
+impl std::fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self;
+        writeln!(
+            f,
+            "eval {}: {} samples vs {} real of '{}', {} {} steps, CFG {}, NAG {}, seed {}",
+            r.run, r.n, r.n, r.data, r.sampler, r.steps, r.cfg, r.nag, r.seed
+        )?;
+        writeln!(
+            f,
+            "features: {} ({}-d classifier, held-out accuracy {:.1}%)",
+            r.features.path,
+            r.features.dim,
+            100.0 * r.features.held_out_accuracy
+        )?;
+        writeln!(f, "{:<28} {:>12}", "metric", "value")?;
+        let baseline = r
+            .fd_real_baseline
+            .map(|b| format!("   (real vs real: {b:.4})"))
+            .unwrap_or_default();
+        writeln!(
+            f,
+            "{:<28} {:>12.4}{baseline}",
+            "FD (classifier features)", r.fd
+        )?;
+        if let Some(fid) = r.inception_fid {
+            writeln!(f, "{:<28} {:>12.4}", "FID (InceptionV3)", fid)?;
+        }
+        let k = r.k;
+        writeln!(
+            f,
+            "{:<28} {:>12.4}",
+            format!("precision (k={k})"),
+            r.precision
+        )?;
+        writeln!(f, "{:<28} {:>12.4}", format!("recall (k={k})"), r.recall)?;
+        writeln!(f, "{:<28} {:>12.4}", "density", r.density)?;
+        writeln!(f, "{:<28} {:>12.4}", "coverage", r.coverage)?;
+        if let Some(a) = r.class_accuracy {
+            writeln!(f, "{:<28} {:>12.4}", "class accuracy of samples", a)?;
+        }
+        if let Some(g) = &r.gmm {
+            writeln!(
+                f,
+                "{:<28} {:>12.2}   (real: {:.2}; nats, d = {})",
+                "gmm mean log-density",
+                g.mean_log_density,
+                g.real_mean_log_density,
+                (g.mean_log_density / g.log_density_per_dim).round()
+            )?;
+            writeln!(
+                f,
+                "{:<28} {:>12}   (modes with ≥ {:.1}% of samples)",
+                "gmm mode coverage",
+                format!("{}/{}", g.modes_covered, g.num_modes),
+                100.0 * g.min_fraction
+            )?;
+            if let Some(a) = g.label_agreement {
+                writeln!(f, "{:<28} {:>12.4}", "gmm mode = label", a)?;
+            }
+            writeln!(f, "{:<28} {:?}", "gmm mode histogram", g.mode_counts)?;
+        }
+        write!(
+            f,
+            "sampling {:.0}s, total {:.0}s",
+            r.seconds.sampling, r.seconds.total
+        )?;
+        Ok(())
+    }
+}
+
 /// What eval needs from a run's `config.json`.
 #[derive(Debug, Clone, serde::Deserialize)]
 struct RunData {

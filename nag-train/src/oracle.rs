@@ -52,21 +52,33 @@ pub enum OracleConfigError {
     Data(#[from] crate::data::DataError),
 }
 
-/// The options that pick the exact model (`--model oracle`): its data and how it errs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The options that pick the exact model (`--model oracle`): its data and how it errs
+/// ([`OracleError::parse`], [`NagForm`]).
+#[derive(Debug, Clone, PartialEq, Serialize, clap::Args)]
 pub struct OracleSpec {
-    /// The built-in mixture data: gmm, gmm8, gmm32, … (seed 0).
+    /// Oracle: the data (gmm, gmm8, gmm32, …; seed 0).
+    #[arg(long, default_value = "gmm")]
     pub data: String,
-    /// Its training objective, fixing schedule and prediction: ddpm (ε, DiT's schedule) or
-    /// linear / gvp / vp (velocity, SiT's paths).
+    /// Oracle: its training objective, which fixes the schedule and what it predicts: ddpm (ε,
+    /// DiT's schedule) or linear / gvp / vp (velocity, SiT's paths).
+    #[arg(long, default_value = "ddpm")]
     pub objective: String,
-    /// A controlled error ([`OracleError::parse`]).
+    /// Oracle: a controlled error: none, eps-scale:K, eps-scale-cond:K, bias:B, smooth:S.
+    #[arg(long, default_value = "none")]
     pub oracle_error: String,
-    /// The noise-dropped branch: eps or score ([`NagForm`]).
+    /// Oracle: the noise-dropped branch, eps (a noise-dropout network's ε average) or score
+    /// (classifier NAG with the exact ∇log p(τ|x)).
+    #[arg(long, default_value = "eps")]
     pub nag_form: String,
 }
 
 impl OracleSpec {
+    /// `oracle (DATA, error ERROR, NAG form FORM)`: how reports name it.
+    pub fn describe(&self) -> String {
+        let (data, error, form) = (&self.data, &self.oracle_error, &self.nag_form);
+        format!("oracle ({data}, error {error}, NAG form {form})")
+    }
+
     /// The oracle and its data.
     pub fn build(&self, seed: u64) -> Result<(Oracle, GmmDataset), OracleConfigError> {
         let Some(gmm) = crate::data::open_gmm(&self.data, &crate::data::DataOptions::default())?

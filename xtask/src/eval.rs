@@ -81,7 +81,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_table(&report);
+        println!("{report}");
     }
     Ok(())
 }
@@ -101,12 +101,9 @@ impl BackendTask for Task<'_> {
             (None, Some((oracle, gmm))) => EvalModel::Oracle {
                 oracle,
                 gmm,
-                data: args.oracle.data.clone(),
-                objective: args.oracle.objective.clone(),
-                description: format!(
-                    "oracle ({}, error {}, NAG form {})",
-                    args.oracle.data, args.oracle.oracle_error, args.oracle.nag_form
-                ),
+                data: args.oracle.spec.data.clone(),
+                objective: args.oracle.spec.objective.clone(),
+                description: args.oracle.spec.describe(),
             },
             (None, None) => anyhow::bail!("give --run RUN_DIR or --model oracle"),
         };
@@ -159,60 +156,4 @@ impl BackendTask for Task<'_> {
         })?;
         Ok(report)
     }
-}
-
-fn print_table(r: &EvalReport) {
-    println!(
-        "eval {}: {} samples vs {} real of '{}', {} {} steps, CFG {}, NAG {}, seed {}",
-        r.run, r.n, r.n, r.data, r.sampler, r.steps, r.cfg, r.nag, r.seed
-    );
-    println!(
-        "features: {} ({}-d classifier, held-out accuracy {:.1}%)",
-        r.features.path,
-        r.features.dim,
-        100.0 * r.features.held_out_accuracy
-    );
-    println!("{:<28} {:>12}", "metric", "value");
-    let baseline = r
-        .fd_real_baseline
-        .map(|b| format!("   (real vs real: {b:.4})"))
-        .unwrap_or_default();
-    println!(
-        "{:<28} {:>12.4}{baseline}",
-        "FD (classifier features)", r.fd
-    );
-    if let Some(fid) = r.inception_fid {
-        println!("{:<28} {:>12.4}", "FID (InceptionV3)", fid);
-    }
-    let k = r.k;
-    println!("{:<28} {:>12.4}", format!("precision (k={k})"), r.precision);
-    println!("{:<28} {:>12.4}", format!("recall (k={k})"), r.recall);
-    println!("{:<28} {:>12.4}", "density", r.density);
-    println!("{:<28} {:>12.4}", "coverage", r.coverage);
-    if let Some(a) = r.class_accuracy {
-        println!("{:<28} {:>12.4}", "class accuracy of samples", a);
-    }
-    if let Some(g) = &r.gmm {
-        println!(
-            "{:<28} {:>12.2}   (real: {:.2}; nats, d = {})",
-            "gmm mean log-density",
-            g.mean_log_density,
-            g.real_mean_log_density,
-            (g.mean_log_density / g.log_density_per_dim).round()
-        );
-        println!(
-            "{:<28} {:>12}   (modes with ≥ {:.1}% of samples)",
-            "gmm mode coverage",
-            format!("{}/{}", g.modes_covered, g.num_modes),
-            100.0 * g.min_fraction
-        );
-        if let Some(a) = g.label_agreement {
-            println!("{:<28} {:>12.4}", "gmm mode = label", a);
-        }
-        println!("{:<28} {:?}", "gmm mode histogram", g.mode_counts);
-    }
-    println!(
-        "sampling {:.0}s, total {:.0}s",
-        r.seconds.sampling, r.seconds.total
-    );
 }

@@ -69,7 +69,6 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         opts,
     };
     let report = dispatch(spec, task)??;
-    let seconds = start.elapsed().as_secs_f64();
     let evaluation = AdmEvaluation {
         report,
         samples: samples.display().to_string(),
@@ -79,43 +78,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         k: opts.k,
         network: NETWORK_NOTE,
         device: args.device.clone(),
-        seconds,
+        seconds: start.elapsed().as_secs_f64(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&evaluation)?);
     } else {
-        print_report(&report, samples, reference, seconds);
+        println!("{evaluation}");
     }
     Ok(())
-}
-
-fn print_report(r: &AdmReport, samples: &Path, reference: &Path, seconds: f64) {
-    let source = |pre: bool| {
-        if pre {
-            "FID statistics from the file"
-        } else {
-            "FID statistics of its images"
-        }
-    };
-    println!("ADM evaluator (guided-diffusion evaluations/evaluator.py); {NETWORK_NOTE}.");
-    println!(
-        "samples:   {} ({} images; {})",
-        samples.display(),
-        r.n_samples,
-        source(r.sample_stats_precomputed)
-    );
-    println!(
-        "reference: {} ({} images; {})",
-        reference.display(),
-        r.n_reference,
-        source(r.reference_stats_precomputed)
-    );
-    println!("Inception Score: {}", r.inception_score);
-    println!("FID: {}", r.fid);
-    println!("sFID: {}", r.sfid);
-    println!("Precision: {}", r.precision);
-    println!("Recall: {}", r.recall);
-    println!("({seconds:.1} s)");
 }
 
 struct Task<'a> {

@@ -7,12 +7,13 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_train::data::latent_store::{resident_memory, write_synthetic, MANIFEST};
 use nag_train::data::read_rate::read_rate;
 use nag_train::data::{open_dataset, DataOptions};
 use nag_train::latent_extract::{extract_latents, ExtractConfig, ExtractProgress, ExtractSummary};
+
+use crate::progress::Progress;
 
 /// Arguments of `cargo xtask latents`.
 #[derive(Debug, Args)]
@@ -106,22 +107,22 @@ struct Task<'a> {
 impl BackendTask for Task<'_> {
     type Output = Result<ExtractSummary>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} images {per_sec} ETA {eta} {msg}")
-                .expect("a valid template"),
-        );
+        let bar = Progress::new(0, "images");
+        let mut started = false;
         let summary =
             extract_latents::<B::InnerBackend>(self.cfg, &device, &mut |p: ExtractProgress| {
                 // The bar counts this run's images only, so images/s is this run's speed.
-                bar.set_length((p.total - p.resumed) as u64);
-                bar.set_position((p.done - p.resumed) as u64);
+                if !started {
+                    bar.stage("", (p.total - p.resumed) as u64);
+                    started = true;
+                }
+                bar.set((p.done - p.resumed) as u64);
                 let resumed = if p.resumed > 0 {
                     format!("(+{} from an earlier run)", p.resumed)
                 } else {
                     String::new()
                 };
-                bar.set_message(format!("skipped {} {resumed}", p.skipped));
+                bar.message(format!("skipped {} {resumed}", p.skipped));
             });
         bar.finish();
         Ok(summary?)
@@ -147,13 +148,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         "--seconds must be > 0"
     );
     if !args.out.join(MANIFEST).is_file() {
-        let bar = ProgressBar::new(args.synthetic as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "writing {bar:30} {pos}/{len} latents {per_sec} ETA {eta}",
-            )
-            .expect("a valid template"),
-        );
+        let bar = Progress::new(args.synthetic as u64, "latents written");
         let start = Instant::now();
         write_synthetic(
             &args.out,
@@ -162,7 +157,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
             1000,
             2048,
             args.seed,
-            &mut |n| bar.set_position(n as u64),
+            &mut |n| bar.set(n as u64),
         )?;
         bar.finish();
         eprintln!(

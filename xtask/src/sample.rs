@@ -68,7 +68,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         crate::check_output_file(npz, "--npz", "npz")?;
     }
     let model = match (&args.run, &args.weights, args.oracle.model.as_deref()) {
-        (_, _, Some("oracle")) => ModelSource::Oracle(args.oracle.spec()),
+        (_, _, Some("oracle")) => ModelSource::Oracle(args.oracle.spec.clone()),
         (_, _, Some(other)) => {
             bail!("--model '{other}': the only model besides --run/--weights is `oracle`")
         }

@@ -20,7 +20,7 @@ pub fn run(args: &ShiftArgs) -> Result<()> {
     let spec = DeviceSpec::parse(&args.device)?;
     let model = match (&args.run, args.oracle.model.as_deref()) {
         (Some(run), _) => ShiftModel::Run(run.clone()),
-        (None, Some("oracle")) => ShiftModel::Oracle(args.oracle.spec()),
+        (None, Some("oracle")) => ShiftModel::Oracle(args.oracle.spec.clone()),
         (None, Some(other)) => bail!("--model '{other}': the only model besides --run is `oracle`"),
         (None, None) => bail!("give --run RUN_DIR or --model oracle"),
     };

@@ -521,6 +521,45 @@ pub struct AdmEvaluation {
     pub seconds: f64,
 }
 
+/// The report `xtask eval --samples` prints: the files, then the five numbers.
+impl std::fmt::Display for AdmEvaluation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.report;
+        let source = |pre: bool| {
+            if pre {
+                "FID statistics from the file"
+            } else {
+                "FID statistics of its images"
+            }
+        };
+        let stats = (
+            source(r.sample_stats_precomputed),
+            source(r.reference_stats_precomputed),
+        );
+        writeln!(
+            f,
+            "ADM evaluator (guided-diffusion evaluations/evaluator.py); {}.",
+            self.network
+        )?;
+        writeln!(
+            f,
+            "samples:   {} ({} images; {})",
+            self.samples, r.n_samples, stats.0
+        )?;
+        writeln!(
+            f,
+            "reference: {} ({} images; {})",
+            self.reference, r.n_reference, stats.1
+        )?;
+        writeln!(f, "Inception Score: {}", r.inception_score)?;
+        writeln!(f, "FID: {}", r.fid)?;
+        writeln!(f, "sFID: {}", r.sfid)?;
+        writeln!(f, "Precision: {}", r.precision)?;
+        writeln!(f, "Recall: {}", r.recall)?;
+        write!(f, "({:.1} s)", self.seconds)
+    }
+}
+
 /// Features and FID statistics of one batch file.
 fn read_batch<B: Backend>(
     net: &InceptionV3<B>,
