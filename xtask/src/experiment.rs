@@ -12,6 +12,7 @@ use nag_train::experiments::nag::{
     experiment_model, markdown, NagExperimentConfig, NagExperimentOptions, NagResults,
 };
 use nag_train::experiments::{run_nag_experiment, NagExperimentEvent};
+use nag_train::train::TrainConfig;
 
 use crate::progress::{FeatureBar, TrainProgress};
 
@@ -38,6 +39,15 @@ pub fn run_cmd(cmd: &ExperimentCmd) -> Result<()> {
     }
 }
 
+/// This process's command as the results files record it: `cargo xtask experiment …` (the
+/// arguments after `experiment`).
+pub fn command_line() -> String {
+    std::iter::once("cargo xtask experiment".to_string())
+        .chain(std::env::args().skip(2))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Arguments of `cargo xtask experiment nag`.
 #[derive(Debug, Args)]
 pub struct ExperimentArgs {
@@ -57,7 +67,7 @@ pub struct ExperimentArgs {
 /// Runs `cargo xtask experiment nag`.
 pub fn run(args: &ExperimentArgs) -> Result<()> {
     let spec = DeviceSpec::parse(&args.device)?;
-    let mut train = experiment_model(crate::train::default_config());
+    let mut train = experiment_model(TrainConfig::main_job());
     if let Some(steps) = args.train_steps {
         train.steps = steps;
     }
@@ -66,10 +76,7 @@ pub fn run(args: &ExperimentArgs) -> Result<()> {
         out: args.out.clone(),
         train,
         threads: spec.concurrent_batches(),
-        command: std::iter::once("cargo xtask experiment".to_string())
-            .chain(std::env::args().skip(2))
-            .collect::<Vec<_>>()
-            .join(" "),
+        command: command_line(),
         options: args.options.clone(),
     };
     let results = dispatch(spec, Task { cfg: &cfg })??;

@@ -71,10 +71,7 @@ pub fn run(args: &OracleArgs) -> Result<()> {
             quiet: args.json,
         },
     )??;
-    let command = std::iter::once("cargo xtask experiment".to_string())
-        .chain(std::env::args().skip(2))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = crate::experiment::command_line();
     write_outputs(&args.out, &study, &command)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&study)?);

@@ -35,18 +35,19 @@ pub struct TransferArgs {
 
 struct Task<'a> {
     cfg: TransferConfig,
-    args: &'a TransferArgs,
+    seeds: Vec<u64>,
+    out: &'a std::path::Path,
 }
 
 impl BackendTask for Task<'_> {
     type Output = Result<TransferSeeds>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TransferSeeds> {
-        let seeds = self.args.options.seed_list()?;
+        let seeds = &self.seeds;
         let mut bars: Option<(usize, Progress, Progress)> = None;
         let result = transfer_experiment_seeds::<B>(
             &self.cfg,
-            &seeds,
-            &self.args.out,
+            seeds,
+            self.out,
             &device,
             &mut |i, stage| {
                 if bars.as_ref().is_none_or(|b| b.0 != i) {
@@ -84,7 +85,7 @@ impl BackendTask for Task<'_> {
 
 /// Runs `cargo xtask experiment transfer`.
 pub fn run(args: &TransferArgs) -> Result<()> {
-    args.options.seed_list()?;
+    let seeds = args.options.seed_list()?;
     let spec = DeviceSpec::parse(&args.device)?;
     let train_threads = crate::train::default_threads(spec, TrainConfig::main_job().grad_accum);
     let cfg = args
@@ -92,7 +93,8 @@ pub fn run(args: &TransferArgs) -> Result<()> {
         .config(train_threads, spec.concurrent_batches())?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let result = dispatch(spec, Task { cfg, args })??;
+    let out = &args.out;
+    let result = dispatch(spec, Task { cfg, seeds, out })??;
     let (json, md) = result.write(&args.out)?;
     if args.json {
         println!("{json}");

@@ -42,10 +42,6 @@ pub struct ShiftArgs {
     pub json: bool,
 }
 
-fn fmt(v: Option<f64>) -> String {
-    v.map_or_else(|| "—".to_string(), |v| format!("{v:.6}"))
-}
-
 /// Runs `cargo xtask shift` without `--run`: the analytic shift table (`--run` and
 /// `--model oracle` are `shift_run`'s).
 pub fn run(args: &ShiftArgs) -> Result<()> {
@@ -54,41 +50,6 @@ pub fn run(args: &ShiftArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!(
-        "noise shift δ on '{}' for σ_e = {} (σ(τ+δ)² = σ(τ)² + σ_e²; — = no solution in range)",
-        report.schedule, report.sigma_e
-    );
-    if report.ddpm {
-        println!(
-            "{:>6} {:>8} {:>8} {:>12} {:>12} {:>10}",
-            "index", "τ", "σ(τ)", "δ 1st order", "δ exact", "δ steps"
-        );
-    } else {
-        println!(
-            "{:>8} {:>8} {:>12} {:>12}",
-            "τ", "σ(τ)", "δ 1st order", "δ exact"
-        );
-    }
-    for r in &report.rows {
-        if report.ddpm {
-            println!(
-                "{:>6} {:>8.4} {:>8.4} {:>12} {:>12} {:>10}",
-                r.index.unwrap_or(0),
-                r.tau,
-                r.sigma,
-                fmt(r.delta_first_order),
-                fmt(r.delta_exact),
-                r.delta_steps.map_or("—".into(), |v| format!("{v:.2}"))
-            );
-        } else {
-            println!(
-                "{:>8.4} {:>8.4} {:>12} {:>12}",
-                r.tau,
-                r.sigma,
-                fmt(r.delta_first_order),
-                fmt(r.delta_exact)
-            );
-        }
-    }
+    print!("{report}");
     Ok(())
 }

@@ -38,7 +38,7 @@ pub fn run(args: &ShiftArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_report(&report);
+        print!("{report}");
         println!(
             "wrote {} and {}",
             cfg.out.join("shift.json").display(),
@@ -84,47 +84,5 @@ impl BackendTask for Task<'_> {
             b.finish();
         }
         Ok(report)
-    }
-}
-
-fn print_report(report: &TrajectoryShiftReport) {
-    println!(
-        "noise shift on {} ({} posterior, {} {} steps, {} trajectories; excess δ = δ minus the same meter's δ on forward-noised data)",
-        report.run, report.measure, report.sampler, report.sampler_steps, report.n
-    );
-    print!("{:>8}", "τ");
-    for s in &report.settings {
-        print!("{:>18}{:>18}", format!("δ {}", s.name), "excess δ");
-    }
-    println!();
-    let rows = report.settings[0].steps.len();
-    for i in (0..rows)
-        .step_by((rows / 10).max(1))
-        .chain(std::iter::once(rows - 1))
-    {
-        print!("{:>8.4}", report.settings[0].steps[i].tau);
-        for s in &report.settings {
-            let st = &s.steps[i];
-            print!(
-                "{:>18.5}{:>18}",
-                st.delta_mean,
-                st.excess_delta.map_or("—".into(), |e| format!("{e:+.5}"))
-            );
-        }
-        println!();
-    }
-    for s in &report.settings {
-        let l = &s.late;
-        println!(
-            "last 20% (τ ≤ {}), {}: δ {:+.5} ± {:.5}, excess δ {} ",
-            l.fraction,
-            s.name,
-            l.delta,
-            l.delta_se,
-            match (l.excess_delta, l.excess_delta_se) {
-                (Some(e), Some(se)) => format!("{e:+.5} ± {se:.5}"),
-                _ => "—".into(),
-            }
-        );
     }
 }

@@ -35,11 +35,6 @@ pub struct TrainArgs {
     pub resume: bool,
 }
 
-/// The built-in default ([`TrainConfig::main_job`]), which `--help` prints.
-pub fn default_config() -> TrainConfig {
-    TrainConfig::main_job()
-}
-
 struct Task<'a> {
     cfg: TrainConfig,
     out: &'a Path,

@@ -42,6 +42,58 @@ pub struct AnalyticShift {
     pub ddpm: bool,
 }
 
+/// The table `xtask shift` prints: δ to first order and exact at each grid point (DDPM: with
+/// the table index and δ in steps); — where there is no solution in range. Each line ends with
+/// a newline.
+impl std::fmt::Display for AnalyticShift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let report = self;
+        let fmt = |v: Option<f64>| v.map_or_else(|| "—".to_string(), |v| format!("{v:.6}"));
+        writeln!(
+            f,
+            "noise shift δ on '{}' for σ_e = {} (σ(τ+δ)² = σ(τ)² + σ_e²; — = no solution in range)",
+            report.schedule, report.sigma_e
+        )?;
+        if report.ddpm {
+            writeln!(
+                f,
+                "{:>6} {:>8} {:>8} {:>12} {:>12} {:>10}",
+                "index", "τ", "σ(τ)", "δ 1st order", "δ exact", "δ steps"
+            )?;
+        } else {
+            writeln!(
+                f,
+                "{:>8} {:>8} {:>12} {:>12}",
+                "τ", "σ(τ)", "δ 1st order", "δ exact"
+            )?;
+        }
+        for r in &report.rows {
+            if report.ddpm {
+                writeln!(
+                    f,
+                    "{:>6} {:>8.4} {:>8.4} {:>12} {:>12} {:>10}",
+                    r.index.unwrap_or(0),
+                    r.tau,
+                    r.sigma,
+                    fmt(r.delta_first_order),
+                    fmt(r.delta_exact),
+                    r.delta_steps.map_or("—".into(), |v| format!("{v:.2}"))
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "{:>8.4} {:>8.4} {:>12} {:>12}",
+                    r.tau,
+                    r.sigma,
+                    fmt(r.delta_first_order),
+                    fmt(r.delta_exact)
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// δ on `points` grid points of the schedule named `schedule`: DDPM tables at evenly spaced
 /// indices `p·(n−1)/(points−1)`, continuous schedules at `τ = p/points`, `p = 1..=points`.
 pub fn analytic_shift(

@@ -138,6 +138,57 @@ pub struct TrajectoryShiftReport {
     pub settings: Vec<Setting>,
 }
 
+/// The table `xtask shift --run` prints: δ and excess δ per setting on every tenth τ, then
+/// the late-trajectory means; each line ends with a newline.
+impl std::fmt::Display for TrajectoryShiftReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let report = self;
+        writeln!(
+            f,
+            "noise shift on {} ({} posterior, {} {} steps, {} trajectories; excess δ = δ minus \
+             the same meter's δ on forward-noised data)",
+            report.run, report.measure, report.sampler, report.sampler_steps, report.n
+        )?;
+        write!(f, "{:>8}", "τ")?;
+        for s in &report.settings {
+            write!(f, "{:>18}{:>18}", format!("δ {}", s.name), "excess δ")?;
+        }
+        writeln!(f)?;
+        let rows = report.settings[0].steps.len();
+        // Every tenth step and the last (once, when it is a tenth step too).
+        let every = (rows / 10).max(1);
+        for i in (0..rows).filter(|i| i % every == 0 || i + 1 == rows) {
+            write!(f, "{:>8.4}", report.settings[0].steps[i].tau)?;
+            for s in &report.settings {
+                let st = &s.steps[i];
+                write!(
+                    f,
+                    "{:>18.5}{:>18}",
+                    st.delta_mean,
+                    st.excess_delta.map_or("—".into(), |e| format!("{e:+.5}"))
+                )?;
+            }
+            writeln!(f)?;
+        }
+        for s in &report.settings {
+            let l = &s.late;
+            writeln!(
+                f,
+                "last 20% (τ ≤ {}), {}: δ {:+.5} ± {:.5}, excess δ {} ",
+                l.fraction,
+                s.name,
+                l.delta,
+                l.delta_se,
+                match (l.excess_delta, l.excess_delta_se) {
+                    (Some(e), Some(se)) => format!("{e:+.5} ± {se:.5}"),
+                    _ => "—".into(),
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Errors of the `shift --run` measurement.
 pub type TrajectoryError = crate::PipelineError;
 
