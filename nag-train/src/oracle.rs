@@ -72,6 +72,32 @@ pub struct OracleSpec {
     pub nag_form: String,
 }
 
+/// `--model oracle` and its options: the exact model chosen instead of a network.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct OracleChoice {
+    /// `oracle`: the exact model of the built-in gmm data instead of a network (see
+    /// `--oracle-error`, `--nag-form`, `--objective`).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Its data and errors.
+    #[command(flatten)]
+    pub spec: OracleSpec,
+}
+
+impl OracleChoice {
+    /// The spec when `--model oracle` was given; `None` without `--model`; an error naming
+    /// the alternatives (`others`, e.g. "--run") for any other model name.
+    pub fn chosen(&self, others: &str) -> Result<Option<&OracleSpec>, OracleConfigError> {
+        match self.model.as_deref() {
+            None => Ok(None),
+            Some("oracle") => Ok(Some(&self.spec)),
+            Some(other) => Err(OracleConfigError::Config(format!(
+                "--model '{other}': the only model besides {others} is `oracle`"
+            ))),
+        }
+    }
+}
+
 impl OracleSpec {
     /// `oracle (DATA, error ERROR, NAG form FORM)`: how reports name it.
     pub fn describe(&self) -> String {

@@ -16,7 +16,7 @@ use nag_models::vae::Vae;
 use crate::data::Dataset;
 use crate::generate::{load_model, GenerateError, SampleConfig, Sampled, SamplerKind};
 use crate::image::{make_labelled_grid, save_png_grid_with, GridOptions};
-use crate::oracle::OracleSpec;
+use crate::oracle::{OracleChoice, OracleSpec};
 use crate::sample_set::{sample_set, LabelMode, SampleSetSpec, SampleSetSummary};
 use crate::sampling::FixedVariance;
 use crate::vae_codec::decode_latents;
@@ -75,6 +75,91 @@ pub struct SampleImagesConfig {
     pub threads: usize,
     /// Sampler, guidance, count, seed.
     pub options: SampleOptions,
+}
+
+/// Which model `xtask sample` draws from (its flags besides [`SampleOptions`]).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct SampleModelArgs {
+    /// Run directory of `cargo xtask train` (reads its EMA weights).
+    #[arg(long, conflicts_with_all = ["weights", "model"])]
+    pub run: Option<PathBuf>,
+    /// The exact gmm model instead of a network.
+    #[command(flatten)]
+    pub oracle: OracleChoice,
+    /// Weights file instead of a run: .pt / .safetensors (official DiT/SiT files load as they are).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// With --weights: dit (DDPM index clock) or sit (SiT clock).
+    #[arg(long, default_value = "dit")]
+    pub kind: String,
+    /// With --weights: attention heads (default: the standard count for the hidden size).
+    #[arg(long, value_name = "N")]
+    pub heads: Option<usize>,
+}
+
+impl SampleModelArgs {
+    /// `--model oracle`, else `--run`, else `--weights`.
+    pub fn source(&self) -> Result<ModelSource, SampleImagesError> {
+        if let Some(spec) = self.oracle.chosen("--run/--weights")? {
+            return Ok(ModelSource::Oracle(spec.clone()));
+        }
+        match (&self.run, &self.weights) {
+            (Some(run), _) => Ok(ModelSource::Run(run.clone())),
+            (None, Some(path)) => Ok(ModelSource::Weights {
+                path: path.clone(),
+                kind: self.kind.clone(),
+                heads: self.heads,
+            }),
+            (None, None) => bad("give --run RUN_DIR or --weights FILE".into()),
+        }
+    }
+}
+
+/// Where `xtask sample` writes (its flags besides [`SampleOptions`]).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct SampleOutputArgs {
+    /// Output PNG grid, a .png file (default: <run>/samples.png or <run>/compare.png).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write the samples for the ADM evaluator instead of a grid: an .npz with only `arr_0`,
+    /// uint8 [N, H, W, 3] (DiT's sample_ddp.py format), plus `<stem>_labels.npy`. Runs in
+    /// batches of --batch with a progress bar and resumes an interrupted run (same options).
+    #[arg(long, conflicts_with = "compare")]
+    pub npz: Option<PathBuf>,
+    /// With --npz: the same number of samples per class (label i = i mod classes) instead of
+    /// i.i.d. uniform labels as DiT's sample_ddp.py draws them.
+    #[arg(long, conflicts_with = "class")]
+    pub balanced_labels: bool,
+    /// One image with rows: no guidance, CFG, NAG, CFG+NAG (same seeds), with the --cfg and
+    /// --nag given (defaults 4 and 3 here); each row's guidance and each column's class are
+    /// written in the image.
+    #[arg(long)]
+    pub compare: bool,
+}
+
+impl SampleOutputArgs {
+    /// `--npz`, else the grid at `--out` (default: `samples.png` or `compare.png` in `run`,
+    /// or in the working folder).
+    pub fn output(&self, run: Option<&Path>) -> SampleOutput {
+        match &self.npz {
+            Some(path) => SampleOutput::Npz {
+                path: path.clone(),
+                balanced_labels: self.balanced_labels,
+            },
+            None => {
+                let name = if self.compare {
+                    "compare.png"
+                } else {
+                    "samples.png"
+                };
+                SampleOutput::Grid {
+                    path: (self.out.clone())
+                        .unwrap_or_else(|| run.unwrap_or(Path::new(".")).join(name)),
+                    compare: self.compare,
+                }
+            }
+        }
+    }
 }
 
 /// How samples are drawn: `cargo xtask sample`'s sampling flags (clap, and `--config

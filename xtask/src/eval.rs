@@ -50,7 +50,7 @@ pub struct EvalArgs {
     /// The exact gmm model instead of a run (`--model oracle`; its feature classifier goes to
     /// `runs/features-<data>` unless `--features` is given).
     #[command(flatten)]
-    pub oracle: crate::oracle_args::OracleOpts,
+    pub oracle: nag_train::oracle::OracleChoice,
     /// What to sample and measure.
     #[command(flatten)]
     pub config: EvalConfig,
@@ -95,7 +95,10 @@ impl BackendTask for Task<'_> {
     type Output = Result<EvalReport>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<EvalReport> {
         let args = self.args;
-        let oracle = args.oracle.build(args.config.seed, "--run")?;
+        let oracle = match args.oracle.chosen("--run")? {
+            Some(spec) => Some(spec.build(args.config.seed)?),
+            None => None,
+        };
         let model = match (&args.run, &oracle) {
             (Some(dir), _) => EvalModel::Run(dir),
             (None, Some((oracle, gmm))) => EvalModel::Oracle {

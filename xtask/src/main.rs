@@ -18,7 +18,6 @@ mod features;
 mod forward;
 mod gpu_check;
 mod latents;
-mod oracle_args;
 mod progress;
 mod sample;
 mod shift;

@@ -1,57 +1,27 @@
 //! `cargo xtask sample`: parses the options, checks the output path before any work, runs
 //! [`sample_images`] with a progress bar and prints what was written.
 
-use std::path::PathBuf;
-
-use anyhow::{bail, Result};
+use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use nag_backends::{dispatch, BackendTask, DeviceSpec};
 use nag_train::sample_images::{
-    sample_images, ModelSource, SampleEvent, SampleImagesConfig, SampleOptions, SampleOutcome,
-    SampleOutput,
+    sample_images, SampleEvent, SampleImagesConfig, SampleModelArgs, SampleOptions, SampleOutcome,
+    SampleOutput, SampleOutputArgs,
 };
 
 use crate::progress::Progress;
 
-/// Arguments of `cargo xtask sample`: which model, where the samples go, and the
-/// [`SampleOptions`] that say how they are drawn.
+/// Arguments of `cargo xtask sample`: which model, how the samples are drawn
+/// ([`SampleOptions`]), where they go, and the device.
 #[derive(Debug, Args)]
 pub struct SampleArgs {
-    /// Run directory of `cargo xtask train` (reads its EMA weights).
-    #[arg(long, conflicts_with_all = ["weights", "model"])]
-    pub run: Option<PathBuf>,
-    /// The exact gmm model instead of a network.
     #[command(flatten)]
-    pub oracle: crate::oracle_args::OracleOpts,
-    /// Weights file instead of a run: .pt / .safetensors (official DiT/SiT files load as they are).
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-    /// With --weights: dit (DDPM index clock) or sit (SiT clock).
-    #[arg(long, default_value = "dit")]
-    pub kind: String,
-    /// With --weights: attention heads (default: the standard count for the hidden size).
-    #[arg(long, value_name = "N")]
-    pub heads: Option<usize>,
+    pub model: SampleModelArgs,
     #[command(flatten)]
     pub options: SampleOptions,
-    /// Output PNG grid, a .png file (default: <run>/samples.png or <run>/compare.png).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Write the samples for the ADM evaluator instead of a grid: an .npz with only `arr_0`,
-    /// uint8 [N, H, W, 3] (DiT's sample_ddp.py format), plus `<stem>_labels.npy`. Runs in
-    /// batches of --batch with a progress bar and resumes an interrupted run (same options).
-    #[arg(long, conflicts_with = "compare")]
-    pub npz: Option<PathBuf>,
-    /// With --npz: the same number of samples per class (label i = i mod classes) instead of
-    /// i.i.d. uniform labels as DiT's sample_ddp.py draws them.
-    #[arg(long, conflicts_with = "class")]
-    pub balanced_labels: bool,
-    /// One image with rows: no guidance, CFG, NAG, CFG+NAG (same seeds), with the --cfg and
-    /// --nag given (defaults 4 and 3 here); each row's guidance and each column's class are
-    /// written in the image.
-    #[arg(long)]
-    pub compare: bool,
+    #[command(flatten)]
+    pub output: SampleOutputArgs,
     /// Device: cpu, flex, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -61,47 +31,15 @@ pub struct SampleArgs {
 pub fn run(args: &SampleArgs) -> Result<()> {
     let spec = DeviceSpec::parse(&args.device)?;
     // Before any sampling: an output that cannot be written is known now.
-    if let Some(out) = &args.out {
+    if let Some(out) = &args.output.out {
         crate::check_output_file(out, "--out", "png")?;
     }
-    if let Some(npz) = &args.npz {
+    if let Some(npz) = &args.output.npz {
         crate::check_output_file(npz, "--npz", "npz")?;
     }
-    let model = match (&args.run, &args.weights, args.oracle.model.as_deref()) {
-        (_, _, Some("oracle")) => ModelSource::Oracle(args.oracle.spec.clone()),
-        (_, _, Some(other)) => {
-            bail!("--model '{other}': the only model besides --run/--weights is `oracle`")
-        }
-        (Some(run), _, None) => ModelSource::Run(run.clone()),
-        (None, Some(path), None) => ModelSource::Weights {
-            path: path.clone(),
-            kind: args.kind.clone(),
-            heads: args.heads,
-        },
-        (None, None, None) => bail!("give --run RUN_DIR or --weights FILE"),
-    };
-    let output = match &args.npz {
-        Some(path) => SampleOutput::Npz {
-            path: path.clone(),
-            balanced_labels: args.balanced_labels,
-        },
-        None => SampleOutput::Grid {
-            path: args.out.clone().unwrap_or_else(|| {
-                args.run
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("."))
-                    .join(if args.compare {
-                        "compare.png"
-                    } else {
-                        "samples.png"
-                    })
-            }),
-            compare: args.compare,
-        },
-    };
     let cfg = SampleImagesConfig {
-        model,
-        output,
+        model: args.model.source()?,
+        output: args.output.output(args.model.run.as_deref()),
         threads: spec.concurrent_batches(),
         options: args.options.clone(),
     };

@@ -16,7 +16,7 @@ pub struct ShiftArgs {
     pub run: Option<PathBuf>,
     /// The exact gmm model instead of a run (`--model oracle`).
     #[command(flatten)]
-    pub oracle: crate::oracle_args::OracleOpts,
+    pub oracle: nag_train::oracle::OracleChoice,
     #[command(flatten)]
     pub trajectories: nag_train::shift::TrajectoryOptions,
     /// Measure with the exact posterior of the run's Gaussian-mixture data (gmm runs; default).

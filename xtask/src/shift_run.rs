@@ -18,10 +18,9 @@ use crate::shift::ShiftArgs;
 /// Runs the trajectory mode.
 pub fn run(args: &ShiftArgs) -> Result<()> {
     let spec = DeviceSpec::parse(&args.device)?;
-    let model = match (&args.run, args.oracle.model.as_deref()) {
+    let model = match (&args.run, args.oracle.chosen("--run")?) {
         (Some(run), _) => ShiftModel::Run(run.clone()),
-        (None, Some("oracle")) => ShiftModel::Oracle(args.oracle.spec.clone()),
-        (None, Some(other)) => bail!("--model '{other}': the only model besides --run is `oracle`"),
+        (None, Some(spec)) => ShiftModel::Oracle(spec.clone()),
         (None, None) => bail!("give --run RUN_DIR or --model oracle"),
     };
     let cfg = TrajectoryShiftConfig {
