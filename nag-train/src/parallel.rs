@@ -14,6 +14,12 @@
 //!   centralized strategies reuse fixed transfer ids, burn issue #4549). A process-spanning
 //!   replica therefore opens a fresh session for every all-reduce: register, all-reduce, finish.
 //!   That costs a round trip to the orchestrator per step (~50 ms on localhost).
+//! - Registering is no barrier against a node still in the previous session: a node that
+//!   registers again before a slower node's `finish` reached the orchestrator gets a partial
+//!   sum (its own tensor back; reproduced with a 500 ms delay before one `finish`). Every
+//!   all-reduce therefore carries two control slots, 1 and the call index, and a sum whose
+//!   slots are not `(R, R·call)` is [`ParallelError::PartialSum`]: the run stops before using
+//!   it (the other replicas stop at their timeout), never trains on a wrong sum.
 //! - Parameter ids are random per process, so the bucket is laid out by the model's parameter
 //!   order, never by id.
 //!
@@ -25,7 +31,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 
 /// Errors of the replica machinery.
@@ -72,6 +78,18 @@ pub enum ParallelError {
     /// The replicas do not train the same run.
     #[error("the replicas disagree on the run (options, start step or weights differ between processes): start every node with the same options and seed; with --resume every node must see the same run folder")]
     Mismatch,
+    /// An all-reduce that did not sum every replica's tensor of the same call (burn-collective
+    /// 0.21 across processes: a node that joins the next session before another's leaving of
+    /// the previous one reaches the coordinator gets a partial sum).
+    #[error("{what}: the all-reduce summed {count} of {world} replicas' tensors (or tensors of different calls); burn-collective 0.21 lets a node that is quick to start the next all-reduce miss a slower one. Stopped before using it: the last checkpoint is intact, continue with --resume")]
+    PartialSum {
+        /// The all-reduce.
+        what: String,
+        /// Replicas that contributed.
+        count: f32,
+        /// Replicas there are.
+        world: usize,
+    },
 }
 
 /// Where one training process's replicas run: `cargo xtask train`'s device and cluster flags
@@ -332,6 +350,16 @@ fn within<T: Send + 'static>(
     })
 }
 
+/// The call index of the control slots cycles with this period (exact in f32 even summed
+/// over 256 replicas).
+const CALL_INDEX_PERIOD: u32 = 1 << 15;
+
+/// Whether the control slots of a summed bucket (`count`, `calls`) say that all `world`
+/// replicas contributed the tensor of call `call`: `count = world`, `calls = world·call`.
+fn complete_sum(count: f32, calls: f32, call: f32, world: usize) -> bool {
+    count == world as f32 && calls == world as f32 * call
+}
+
 /// One replica's link to the others: sums a rank-1 tensor over all replicas.
 pub(crate) struct Link<B: Backend> {
     peer: PeerId,
@@ -343,6 +371,10 @@ pub(crate) struct Link<B: Backend> {
     timeout: Duration,
     /// Seconds spent in all-reduces since the last [`Self::take_seconds`].
     seconds: f64,
+    /// Replicas in the run.
+    world: usize,
+    /// All-reduces so far (the call index of the control slots).
+    calls: u32,
 }
 
 impl<B: Backend> Link<B> {
@@ -372,6 +404,8 @@ impl<B: Backend> Link<B> {
             registered: false,
             timeout: replicas.timeout,
             seconds: 0.0,
+            world: replicas.world(),
+            calls: 0,
         }
     }
 
@@ -414,7 +448,13 @@ impl<B: Backend> Link<B> {
             self.register()?;
         }
         let peer = self.peer;
-        let primitive = t.into_primitive().tensor();
+        // Two control slots: every replica adds 1 and this call's index, so a sum that missed
+        // a replica, or mixed two calls, is seen before it is used.
+        let n = t.dims()[0];
+        let call = (self.calls % CALL_INDEX_PERIOD) as f32 + 1.0;
+        self.calls = self.calls.wrapping_add(1);
+        let control = Tensor::from_data(TensorData::new(vec![1.0f32, call], [2]), &self.device);
+        let primitive = Tensor::cat(vec![t, control], 0).into_primitive().tensor();
         let what = what.to_string();
         let out = within(self.timeout, what.clone(), move || {
             burn_collective::all_reduce::<B>(peer, primitive, ReduceOperation::Sum)
@@ -427,7 +467,21 @@ impl<B: Backend> Link<B> {
             self.finish()?;
         }
         self.seconds += started.elapsed().as_secs_f64();
-        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+        let out: Tensor<B, 1> = Tensor::from_primitive(TensorPrimitive::Float(out));
+        let got = out.clone().narrow(0, n, 2).into_data().to_vec::<f32>();
+        let [count, calls] = got
+            .as_deref()
+            .unwrap_or(&[0.0, 0.0])
+            .try_into()
+            .unwrap_or([0.0; 2]);
+        if !complete_sum(count, calls, call, self.world) {
+            return Err(ParallelError::PartialSum {
+                what,
+                count,
+                world: self.world,
+            });
+        }
+        Ok(out.narrow(0, 0, n))
     }
 
     /// Seconds spent in [`Self::sum`] since the last call.
@@ -450,6 +504,22 @@ pub(crate) fn reset<B: Backend>() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The control slots accept the full sum of one call only: a missing replica (burn-collective's
+    /// race gives a node its own tensor back) or a tensor of another call is refused.
+    #[test]
+    fn only_a_complete_sum_of_one_call_passes() {
+        assert!(complete_sum(2.0, 2.0 * 7.0, 7.0, 2));
+        assert!(!complete_sum(1.0, 7.0, 7.0, 2), "a replica missing");
+        assert!(!complete_sum(2.0, 7.0 + 8.0, 7.0, 2), "two calls mixed");
+        assert!(!complete_sum(3.0, 21.0, 7.0, 2), "a replica counted twice");
+        let big = CALL_INDEX_PERIOD as f32;
+        assert!(
+            complete_sum(256.0, 256.0 * big, big, 256),
+            "exact at the period's end"
+        );
+        assert!(!complete_sum(256.0, 256.0 * big - 1.0, big, 256));
+    }
 
     #[test]
     fn layout_is_checked() {
