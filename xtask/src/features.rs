@@ -87,8 +87,8 @@ impl BackendTask for TrainTask<'_> {
 }
 
 /// Trains a classifier per `cfg` into `out` with a progress line on stderr, and reports its
-/// held-out accuracy. Shared by `features train` and `eval` (which trains one on the fly).
-pub fn train_and_report<B: AutodiffBackend>(
+/// held-out accuracy (`eval` trains one on the fly through its own events).
+fn train_and_report<B: AutodiffBackend>(
     cfg: &FeatureTrainConfig,
     out: &Path,
     device: &B::Device,
