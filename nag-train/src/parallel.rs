@@ -468,12 +468,11 @@ impl<B: Backend> Link<B> {
         }
         self.seconds += started.elapsed().as_secs_f64();
         let out: Tensor<B, 1> = Tensor::from_primitive(TensorPrimitive::Float(out));
-        let got = out.clone().narrow(0, n, 2).into_data().to_vec::<f32>();
-        let [count, calls] = got
-            .as_deref()
-            .unwrap_or(&[0.0, 0.0])
-            .try_into()
-            .unwrap_or([0.0; 2]);
+        let got = (out.clone().narrow(0, n, 2).into_data().to_vec::<f32>()).unwrap_or_default();
+        let (count, calls) = match got[..] {
+            [count, calls] => (count, calls),
+            _ => (0.0, 0.0),
+        };
         if !complete_sum(count, calls, call, self.world) {
             return Err(ParallelError::PartialSum {
                 what,

@@ -95,10 +95,9 @@ impl BackendTask for Task<'_> {
     type Output = Result<EvalReport>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<EvalReport> {
         let args = self.args;
-        let oracle = match args.oracle.chosen("--run")? {
-            Some(spec) => Some(spec.build(args.config.seed)?),
-            None => None,
-        };
+        let oracle = (args.oracle.chosen("--run")?)
+            .map(|spec| spec.build(args.config.seed))
+            .transpose()?;
         let model = match (&args.run, &oracle) {
             (Some(dir), _) => EvalModel::Run(dir),
             (None, Some((oracle, gmm))) => EvalModel::Oracle {

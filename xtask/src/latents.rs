@@ -107,15 +107,12 @@ struct Task<'a> {
 impl BackendTask for Task<'_> {
     type Output = Result<ExtractSummary>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let bar = Progress::new(0, "images");
-        let mut started = false;
+        let mut bar: Option<Progress> = None;
         let summary =
             extract_latents::<B::InnerBackend>(self.cfg, &device, &mut |p: ExtractProgress| {
                 // The bar counts this run's images only, so images/s is this run's speed.
-                if !started {
-                    bar.stage("", (p.total - p.resumed) as u64);
-                    started = true;
-                }
+                let bar = bar
+                    .get_or_insert_with(|| Progress::new((p.total - p.resumed) as u64, "images"));
                 bar.set((p.done - p.resumed) as u64);
                 let resumed = if p.resumed > 0 {
                     format!("(+{} from an earlier run)", p.resumed)
@@ -124,7 +121,9 @@ impl BackendTask for Task<'_> {
                 };
                 bar.message(format!("skipped {} {resumed}", p.skipped));
             });
-        bar.finish();
+        if let Some(bar) = &bar {
+            bar.finish();
+        }
         Ok(summary?)
     }
 }
